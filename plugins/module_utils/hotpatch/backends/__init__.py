@@ -1,0 +1,1 @@
+"""Platform backends behind the interface in base.py."""
