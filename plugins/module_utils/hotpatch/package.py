@@ -210,7 +210,8 @@ class Manifest:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready dict; bytes become lowercase hex strings."""
-        return _jsonable(asdict(self))
+        result: Dict[str, Any] = _jsonable(asdict(self))
+        return result
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (the exact bytes a signature covers)."""
@@ -274,7 +275,7 @@ def write_package(dest: Union[str, IO[bytes]], manifest: Manifest, members: Mapp
     Manifest.from_dict(json.loads(manifest.to_json()))  # never write what the engine would refuse
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        entries = [(MANIFEST_MEMBER, manifest.to_json())] + sorted(members.items())
+        entries = [(MANIFEST_MEMBER, manifest.to_json()), *sorted(members.items())]
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
             info.external_attr = _ZIP_MODE
@@ -333,7 +334,9 @@ def read_package(source: Union[str, bytes], limits: Limits = Limits()) -> Packag
         if hashlib.sha256(data).hexdigest() != manifest.members[name]:
             raise PackageError(f"member {name} does not match its SHA-256 in the manifest (tampered or corrupt)")
     if manifest.hotpatchable and len(members.get(BLOB_MEMBER, b"")) != manifest.blob_size:
-        raise PackageError(f"{BLOB_MEMBER} is {len(members.get(BLOB_MEMBER, b''))} bytes, manifest says {manifest.blob_size}")
+        raise PackageError(
+            f"{BLOB_MEMBER} is {len(members.get(BLOB_MEMBER, b''))} bytes, manifest says {manifest.blob_size}"
+        )
     return Package(manifest, manifest_bytes, signature, hashlib.sha256(raw).hexdigest(), members)
 
 
@@ -396,12 +399,16 @@ class _ManifestParser:
                 raise PackageError(f"manifest.members[{name!r}] is not a lowercase SHA-256 hex digest")
             members[name] = digest
         hotpatchable = self._bool(top, "hotpatchable", "manifest")
+        if not hotpatchable and self._list(top, "functions"):
+            raise PackageError("a cold-only package must not list functions to hotpatch")
         blob_size = self._int(top, "blob_size", "manifest", 0, 1 << 31)
         functions = tuple(self._function(item, i, blob_size) for i, item in enumerate(self._list(top, "functions")))
         new_functions = tuple(
             self._new_function(item, i, blob_size) for i, item in enumerate(self._list(top, "new_functions"))
         )
-        relocations = tuple(self._relocation(item, i, blob_size) for i, item in enumerate(self._list(top, "relocations")))
+        relocations = tuple(
+            self._relocation(item, i, blob_size) for i, item in enumerate(self._list(top, "relocations"))
+        )
         unwind_raw = top.get("unwind")
         unwind = None
         if unwind_raw is not None:
@@ -412,7 +419,10 @@ class _ManifestParser:
             )
             if unwind.offset + 12 * unwind.count > blob_size:
                 raise PackageError("manifest.unwind describes a table beyond the end of the blob")
-        cfg = tuple(self._bounded(v, f"manifest.cfg_targets[{i}]", 0, blob_size) for i, v in enumerate(self._list(top, "cfg_targets")))
+        cfg = tuple(
+            self._bounded(v, f"manifest.cfg_targets[{i}]", 0, blob_size)
+            for i, v in enumerate(self._list(top, "cfg_targets"))
+        )
         refusals = tuple(
             Refusal(self._str(self._obj(r, "refusal"), "function", "refusal"), self._str(r, "reason", "refusal"))
             for r in self._list(top, "refusals")
@@ -425,8 +435,6 @@ class _ManifestParser:
                 raise PackageError(f"a hotpatchable package must carry {BLOB_MEMBER}")
             if not functions:
                 raise PackageError("a hotpatchable package must patch at least one function")
-        elif functions:
-            raise PackageError("a cold-only package must not list functions to hotpatch")
         module = self._str(top, "module", "manifest")
         base = self._pin(top.get("base"), "manifest.base")
         patched = self._pin(top.get("patched"), "manifest.patched")

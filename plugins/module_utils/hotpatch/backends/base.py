@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 try:  # Protocol is 3.8+; the engine must import on every host Python we support
     from typing import Protocol
 except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
+    Protocol = object  # type: ignore[assignment]
 
 __all__ = ["Backend", "ModuleInfo", "ProcessHandle", "ProcessInfo", "Quiesced", "ThreadState"]
 
@@ -67,7 +67,6 @@ class Quiesced(Protocol):
 
     def resume(self) -> int:
         """Resume every thread stopped by ``quiesce``; returns the pause length in microseconds."""
-        ...
 
 
 class ProcessHandle(Protocol):
@@ -77,58 +76,45 @@ class ProcessHandle(Protocol):
 
     def refusal(self) -> Optional[str]:
         """None when the engine may patch this process, else why not (protected, ACG, WOW64, other machine)."""
-        ...
 
     def modules(self) -> List[ModuleInfo]:
         """Loaded modules of the process."""
-        ...
 
     def read(self, address: int, size: int) -> bytes:
         """Read ``size`` bytes at ``address``; raises BackendError when any byte is unreadable."""
-        ...
 
     def write(self, address: int, data: bytes) -> None:
         """Write ``data`` at ``address`` (code pages included). Callers quiesce first when threads may run there."""
-        ...
 
     def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
         """Reserve and commit ``size`` bytes, read-write, at an address in ``[base, base + span - size]``
         (above the module, so image-relative RVAs stay 32-bit); raises BackendError when no room exists."""
-        ...
 
     def protect(self, address: int, size: int, protection: str) -> None:
         """Change page protection to "rx", "rw" or "rwx"."""
-        ...
 
     def free(self, address: int, size: int) -> None:
         """Release memory returned by ``allocate_near``."""
-        ...
 
     def quiesce(self, with_stacks: bool = False) -> Quiesced:
         """Stop every thread (and any thread created meanwhile); with_stacks fills ThreadState.stack with
         candidate return addresses for the activeness check."""
-        ...
 
     def add_function_table(self, table: int, count: int, base: int) -> None:
         """Register ``count`` RUNTIME_FUNCTION entries at ``table`` relative to ``base`` inside the target
         (RtlAddFunctionTable run in the target). Only while quiesced."""
-        ...
 
     def delete_function_table(self, table: int) -> None:
         """Unregister a table added by ``add_function_table`` (RtlDeleteFunctionTable in the target)."""
-        ...
 
     def set_valid_call_targets(self, addresses: Sequence[int]) -> None:
         """Mark addresses as valid Control Flow Guard call targets (no-op where CFG is not enforced)."""
-        ...
 
     def flush_instruction_cache(self, address: int, size: int) -> None:
         """Make written code visible to every processor (FlushInstructionCache)."""
-        ...
 
     def close(self) -> None:
         """Release handles and detach."""
-        ...
 
 
 class Backend(Protocol):
@@ -138,8 +124,6 @@ class Backend(Protocol):
 
     def processes(self) -> List[ProcessInfo]:
         """Every process the engine can see (it may not be able to open all of them)."""
-        ...
 
     def open(self, pid: int) -> ProcessHandle:
         """Open a process for patching; raises BackendError (gone, access denied, ...)."""
-        ...
