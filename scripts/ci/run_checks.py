@@ -1,0 +1,90 @@
+"""Run the CI steps one after another, continue past failures, and end with a summary table.
+
+Setup steps (before ``--``) must all pass, or the checks after them are reported NOT RUN. Each step is
+``make <step>``; its output streams through unchanged. A step may leave a note in $CHECK_NOTES_DIR/<name>
+starting with "EMPTY:" (a test folder or scenario list with nothing in it yet): it is shown as EMPTY, which is
+not a failure but is never shown as PASS. Exits 1 when any step failed or did not run.
+
+Usage: run_checks.py --setup STEP... -- CHECK...
+Runs with the system Python (the venv may not exist yet): standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NOTES = Path(".cache") / "ci" / "notes"
+
+
+@dataclass
+class Outcome:
+    """One step's result: status is PASS, FAIL, EMPTY or NOT RUN; seconds is wall time."""
+
+    name: str
+    status: str
+    seconds: float
+    detail: str = ""
+
+
+def run_step(name: str) -> Outcome:
+    """Run ``make <name>`` with notes enabled; classify its exit code and note."""
+    banner = f"==== {name} "
+    print(f"\n{banner}{'=' * (100 - len(banner))}", flush=True)
+    start = time.monotonic()
+    rc = subprocess.run(["make", "--no-print-directory", name], check=False).returncode
+    seconds = time.monotonic() - start
+    note = NOTES / name  # written by scripts/ci/pytest_suite.sh and molecule_all.sh
+    note_text = note.read_text(encoding="utf-8").strip() if note.exists() else ""
+    if rc != 0:
+        return Outcome(name, "FAIL", seconds, f"exit {rc}")
+    if note_text.startswith("EMPTY:"):
+        return Outcome(name, "EMPTY", seconds, note_text.removeprefix("EMPTY:").strip())
+    return Outcome(name, "PASS", seconds)
+
+
+def summary(outcomes: list[Outcome], total: float) -> str:
+    """The table printed at the end, one row per step."""
+    width = max(len(o.name) for o in outcomes)
+    rows = [f"{'step'.ljust(width)}  status   seconds  detail", f"{'-' * width}  -------  -------  ------"]
+    rows += [f"{o.name.ljust(width)}  {o.status.ljust(7)}  {o.seconds:7.1f}  {o.detail}" for o in outcomes]
+    rows.append(f"{'total'.ljust(width)}           {total:7.1f}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    """Parse ``--setup A B -- C D``, run everything, print the table, return the exit code."""
+    if "--setup" not in argv or "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    setup, checks = argv[argv.index("--setup") + 1 : split], argv[split + 1 :]
+    shutil.rmtree(NOTES, ignore_errors=True)
+    NOTES.mkdir(parents=True, exist_ok=True)
+    os.environ["CHECK_NOTES_DIR"] = str(NOTES.resolve())
+    start = time.monotonic()
+    outcomes: list[Outcome] = []
+    steps = setup + checks
+    for index, step in enumerate(steps):
+        outcomes.append(run_step(step))
+        if step in setup and outcomes[-1].status == "FAIL":
+            outcomes += [Outcome(rest, "NOT RUN", 0.0, f"setup step {step} failed") for rest in steps[index + 1 :]]
+            break
+    failed = [o for o in outcomes if o.status in ("FAIL", "NOT RUN")]
+    passed = [o for o in outcomes if o.status == "PASS"]
+    print(f"\n==== summary {'=' * 87}")
+    print(summary(outcomes, time.monotonic() - start))
+    for o in outcomes:
+        if o.status == "EMPTY":
+            print(f"note: {o.name} ran nothing: {o.detail}")
+    print(f"checks: {len(passed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
