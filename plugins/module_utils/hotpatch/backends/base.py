@@ -102,7 +102,10 @@ class ProcessHandle(Protocol):
 
     def add_function_table(self, table: int, count: int, base: int) -> None:
         """Register ``count`` RUNTIME_FUNCTION entries at ``table`` relative to ``base`` inside the target
-        (RtlAddFunctionTable run in the target). Only while quiesced."""
+        (RtlAddFunctionTable run in the target). Call it while staging, before quiescing: the blob is not
+        reachable yet, and on Windows it runs a new thread in the target, which would deadlock against a
+        suspended thread that holds the loader lock. A backend that must stop a thread to run the call (Wine,
+        ptrace) stops and restores that thread itself."""
 
     def delete_function_table(self, table: int) -> None:
         """Unregister a table added by ``add_function_table`` (RtlDeleteFunctionTable in the target)."""
