@@ -83,11 +83,12 @@ link:
 
 ## ---- checks ------------------------------------------------------------------------------------------------
 
-# All three tools run even when one fails, so one pass shows every problem.
+# Every tool runs even when one fails, so one pass shows every problem.
 lint: link
 	@rc=0; set -x; \
 	$(BIN)/ruff check . || rc=1; \
 	$(BIN)/ruff format --check . || rc=1; \
+	shellcheck .ci/run scripts/ci/*.sh || rc=1; \
 	$(if $(MYPY_DIRS),$(BIN)/mypy $(addprefix $(LINK_REL)/,conftest.py $(MYPY_DIRS)) | sed 's|^$(LINK_REL)/||' || rc=1;,echo "mypy: no Python files yet";) \
 	exit $$rc
 

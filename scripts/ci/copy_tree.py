@@ -3,7 +3,9 @@
 ansible-test needs the collection at a real ``ansible_collections/<namespace>/<name>`` path (a symlink is not
 enough). The copy holds exactly what git would see (tracked plus untracked-but-not-ignored files, so work in
 progress is tested too, and .venv/.cache never are). The dependencies unpacked by ``make collections`` are linked
-beside it so that sanity tests importing ansible.windows find it.
+beside it so that sanity tests importing ansible.windows find it. The copy is made a git repository of its own
+(files staged, nothing committed): ansible-test lists content with git from the nearest .git upwards, and would
+otherwise find the outer checkout, where .cache is ignored, and skip every target.
 
 Usage: copy_tree.py DEST_ROOT DEPENDENCY_ROOT
 """
@@ -57,6 +59,8 @@ def main(argv: list[str]) -> int:
             else:
                 shutil.rmtree(link)
         link.symlink_to(namespace, target_is_directory=True)
+    subprocess.run(["git", "init", "--quiet", str(dest)], check=True)
+    subprocess.run(["git", "-C", str(dest), "add", "--all"], check=True)
     print(f"copy_tree: {len(files)} files -> {dest}")
     return 0
 

@@ -5,6 +5,10 @@ Setup steps (before ``--``) must all pass, or the checks after them are reported
 starting with "EMPTY:" (a test folder or scenario list with nothing in it yet): it is shown as EMPTY, which is
 not a failure but is never shown as PASS. Exits 1 when any step failed or did not run.
 
+$CHECK_BUDGET_SECONDS (optional) bounds the whole run: a step still running when the budget is spent is killed
+(with everything it started) and reported FAIL, and later steps are NOT RUN, so the summary is always printed
+before an outer time limit ends the job.
+
 Usage: run_checks.py --setup STEP... -- CHECK...
 Runs with the system Python (the venv may not exist yet): standard library only.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,13 +37,30 @@ class Outcome:
     detail: str = ""
 
 
-def run_step(name: str) -> Outcome:
+def run_make(name: str, timeout: float | None) -> int | None:
+    """Run ``make <name>`` in its own process group; return its exit code, or None if it hit the timeout."""
+    proc = subprocess.Popen(["make", "--no-print-directory", name], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return None
+
+
+def run_step(name: str, timeout: float | None) -> Outcome:
     """Run ``make <name>`` with notes enabled; classify its exit code and note."""
     banner = f"==== {name} "
     print(f"\n{banner}{'=' * (100 - len(banner))}", flush=True)
     start = time.monotonic()
-    rc = subprocess.run(["make", "--no-print-directory", name], check=False).returncode
+    rc = run_make(name, timeout)
     seconds = time.monotonic() - start
+    if rc is None:
+        return Outcome(name, "FAIL", seconds, "killed: time budget ($CHECK_BUDGET_SECONDS) spent")
     note = NOTES / name  # written by scripts/ci/pytest_suite.sh and molecule_all.sh
     note_text = note.read_text(encoding="utf-8").strip() if note.exists() else ""
     if rc != 0:
@@ -67,11 +89,16 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(NOTES, ignore_errors=True)
     NOTES.mkdir(parents=True, exist_ok=True)
     os.environ["CHECK_NOTES_DIR"] = str(NOTES.resolve())
+    budget = float(os.environ["CHECK_BUDGET_SECONDS"]) if os.environ.get("CHECK_BUDGET_SECONDS") else None
     start = time.monotonic()
     outcomes: list[Outcome] = []
     steps = setup + checks
     for index, step in enumerate(steps):
-        outcomes.append(run_step(step))
+        remaining = None if budget is None else budget - (time.monotonic() - start)
+        if remaining is not None and remaining <= 0:
+            outcomes += [Outcome(rest, "NOT RUN", 0.0, "time budget spent") for rest in steps[index:]]
+            break
+        outcomes.append(run_step(step, remaining))
         if step in setup and outcomes[-1].status == "FAIL":
             outcomes += [Outcome(rest, "NOT RUN", 0.0, f"setup step {step} failed") for rest in steps[index + 1 :]]
             break
