@@ -132,7 +132,18 @@ def _build_into(out: Path, compiler: str, key: str) -> None:
         dll = vdir / "appcore.dll"
         implib = src / f"libappcore-{variant}.a"
         _run(
-            [CC, *COMMON_FLAGS, *flags, "-shared", "-o", str(dll), "appcore.c", *LINK_FLAGS, APPCORE_IMAGE_BASE, f"-Wl,--out-implib,{implib}"],
+            [
+                CC,
+                *COMMON_FLAGS,
+                *flags,
+                "-shared",
+                "-o",
+                str(dll),
+                "appcore.c",
+                *LINK_FLAGS,
+                APPCORE_IMAGE_BASE,
+                f"-Wl,--out-implib,{implib}",
+            ],
             cwd=src,
         )
         files[f"{variant}/appcore.dll"] = _stamp(dll, stamp)

@@ -161,7 +161,7 @@ def _venv_python() -> str:
 class Fleet:
     """The fleet under root (default demo/run): up, status, restart, reboot, down, request.
 
-    Every wait is bounded; errors raise FleetError. Host-level operations lock ``hosts/<name>/.lock`` so
+    Every wait is bounded; errors raise FleetError. Host-level operations lock ``<root>/.<host>.lock`` so
     parallel Ansible forks restarting different hosts never step on each other.
     """
 
@@ -272,7 +272,9 @@ class Fleet:
                     )
             if time.monotonic() > deadline:
                 names = ", ".join(f"{h}/{s.name}:{s.port}" for h, s in waiting)
-                raise FleetError(f"no PONG within {timeout:.0f} s from {names}; see the logs under {self.root / 'logs'}")
+                raise FleetError(
+                    f"no PONG within {timeout:.0f} s from {names}; see the logs under {self.root / 'logs'}"
+                )
             time.sleep(0.05)
 
     # -- provisioning ------------------------------------------------------------------------------------------

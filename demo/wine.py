@@ -167,7 +167,9 @@ def _pids() -> Iterator[int]:
 def is_running(proc: WineProcess) -> bool:
     """True when proc's PID exists with the same start time and is not a zombie."""
     fields = _stat_fields(proc.pid)
-    return bool(fields) and fields[0] not in ("Z", "X") and int(fields[19]) == proc.start_ticks  # type: ignore[index]
+    if not fields:
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == proc.start_ticks
 
 
 def find_programs(exe_name: str, tag: str | None = None) -> list[WineProcess]:
@@ -294,7 +296,11 @@ def shutdown_prefix_if_idle(prefix: Path = DEFAULT_PREFIX, timeout: float = 15.0
     if not procs:
         return True
     subprocess.run(
-        [str(WINESERVER), "-k"], env=wine_environ(prefix), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        [str(WINESERVER), "-k"],
+        env=wine_environ(prefix),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

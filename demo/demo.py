@@ -1,0 +1,106 @@
+"""What ``make demo`` runs: build the AppSvc service, bring up the simulated fleet, show it serving (and leaking
+on ``GET 5``), put load on it, then run the main job (the hotpatch rollout) with the load running.
+
+Usage: ``.venv/bin/python demo/demo.py [--hosts 4] [--load-seconds 5] [--rate 50] [--down]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.build import build
+from demo.fleet import DEFAULT_BASE_PORT, DEFAULT_ROOT, Fleet, FleetError
+from demo.loadgen import LoadGen, Target, summary_lines
+from demo.wine import WineError
+
+
+def run_main_job(inventory: Path) -> int:
+    """The rollout step: run playbooks/hotpatch.yml on inventory while load runs, then print its report.
+
+    Return the process exit code (0 = success). Placeholder until the playbook lands: it says so and
+    returns 0. The caller starts the load generator before and prints its figures after.
+    """
+    print(f"\n(the hotpatch rollout, playbooks/hotpatch.yml on {inventory}, arrives in a later step)")
+    return 0
+
+
+def _table(fleet: Fleet) -> list[str]:
+    rows = [f"{'host':<13} {'build':<12} {'port':>5} {'pid':>7}  {'VERSION':<15} GET 5"]
+    for host in fleet.status(probe=False)["hosts"]:
+        svc = host["services"][0]
+        try:
+            version = fleet.request(host["name"], "VERSION")
+            get5 = fleet.request(host["name"], "GET 5")
+        except (OSError, FleetError) as exc:
+            version, get5 = "-", f"(no answer: {exc})"
+        leak = "   <- leaks an API key" if get5.startswith("APIKEY") else ""
+        rows.append(
+            f"{host['name']:<13} {host['appcore_build']:<12} {svc['port']:>5} {svc['pid'] or '-':>7}  "
+            f"{version:<15} {get5}{leak}"
+        )
+    return rows
+
+
+def _load(fleet: Fleet, rate: float) -> LoadGen:
+    targets = []
+    for host in fleet.status(probe=False)["hosts"]:
+        targets.append(Target(host["name"], "127.0.0.1", host["services"][0]["port"]))
+    return LoadGen(targets, rate=rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--hosts", type=int, default=4)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    parser.add_argument("--load-seconds", type=float, default=5.0, help="load before the main job (seconds)")
+    parser.add_argument("--rate", type=float, default=50.0, help="requests per second per host")
+    parser.add_argument("--down", action="store_true", help="stop the fleet at the end")
+    args = parser.parse_args(argv)
+
+    t0 = time.monotonic()
+    built = build()
+    print(f"built appsvc.exe and appcore.dll v1 / v2 / v1-mismatch in {built.root} ({time.monotonic() - t0:.1f} s)")
+    fleet = Fleet(args.root)
+    try:
+        t0 = time.monotonic()
+        fleet.up(hosts=args.hosts, base_port=args.base_port)
+        print(
+            f"fleet of {args.hosts} hosts up and answering in {time.monotonic() - t0:.1f} s; inventory {fleet.inventory_path}\n"
+        )
+        print("\n".join(_table(fleet)))
+
+        print(f"\nload: {args.rate:g} requests/s per host for {args.load_seconds:g} s ...")
+        print("\n".join(summary_lines(_load(fleet, args.rate).run(args.load_seconds))))
+
+        gen = _load(fleet, args.rate).start()
+        try:
+            rc = run_main_job(fleet.inventory_path)
+        finally:
+            result = gen.stop()
+        if result.duration_s >= 1.0:
+            print(f"\nload during the main job ({result.duration_s:.1f} s):")
+            print("\n".join(summary_lines(result)))
+        print("\n".join(["", *_table(fleet)]))
+    except (FleetError, WineError, OSError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.down:
+            fleet.down()
+            print("\nfleet stopped")
+    if not args.down:
+        print(
+            f"\nthe fleet keeps running; stop it with: .venv/bin/python demo/fleet.py down   (status: {fleet.cli_path} status)"
+        )
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
