@@ -1,0 +1,132 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of rebootless.windows.win_hotpatch: apply, roll back, stage or unstage one package."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ansible_collections.rebootless.windows.plugins.plugin_utils._action_base import (
+    EngineAction,
+    EngineReply,
+    PackageInfo,
+)
+
+__all__ = ["ARGUMENT_SPEC", "ActionModule"]
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "package": {"type": "str", "required": True},
+    "remote_src": {"type": "bool", "default": False},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent", "staged", "unstaged"]},
+    "processes": {
+        "type": "dict",
+        "options": {
+            "names": {"type": "list", "elements": "str"},
+            "pids": {"type": "list", "elements": "int"},
+        },
+    },
+    "activeness_check": {"type": "bool", "default": False},
+    "retries": {"type": "int", "default": 5},
+    "retry_delay_ms": {"type": "int", "default": 20},
+    "lock_timeout": {"type": "int", "default": 30},
+    "allow_unsigned": {"type": "bool", "default": False},
+    "trusted_keys": {"type": "list", "elements": "str", "no_log": False},
+    "module_path": {"type": "str"},
+    "engine_dir": {"type": "str"},
+    "python": {"type": "str"},
+    "state_dir": {"type": "str"},
+}
+
+# state -> (verb, verb in check mode)
+_VERBS = {
+    "present": ("apply", "plan"),
+    "absent": ("rollback", "plan"),
+    "staged": ("stage", "status"),
+    "unstaged": ("unstage", "status"),
+}
+_PROCESS_KEYS = ("pid", "windows_pid", "name", "result", "pause_us", "reason", "code_before", "code_after", "functions")
+
+
+class ActionModule(EngineAction):
+    """win_hotpatch: the package goes to the host once (by SHA-256); the engine does the rest."""
+
+    ARGUMENT_SPEC: ClassVar[dict[str, Any]] = ARGUMENT_SPEC
+
+    def verb(self, params: dict[str, Any]) -> str:
+        live, check = _VERBS[params["state"]]
+        return check if self._task.check_mode else live
+
+    def package_source(self, params: dict[str, Any]) -> tuple[str, bool] | None:
+        return params["package"], bool(params["remote_src"])
+
+    def request(self, params: dict[str, Any]) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "activeness_check": params["activeness_check"],
+            "retries": params["retries"],
+            "retry_delay_ms": params["retry_delay_ms"],
+            "lock_timeout_s": params["lock_timeout"],
+            "allow_unsigned": params["allow_unsigned"],
+            "trusted_keys": list(params["trusted_keys"] or []),
+        }
+        if params["state"] in ("present", "absent"):
+            request["state"] = params["state"]
+        processes = params.get("processes") or {}
+        selected = {key: list(processes[key]) for key in ("names", "pids") if processes.get(key)}
+        if selected:
+            request["processes"] = selected
+        if params.get("module_path"):
+            request["module_path"] = params["module_path"]
+        return request
+
+    def shape(self, params: dict[str, Any], reply: EngineReply, package: PackageInfo | None) -> dict[str, Any]:
+        document = reply.document
+        processes = [{key: item.get(key) for key in _PROCESS_KEYS} for item in reply.processes]
+        result: dict[str, Any] = {
+            "changed": bool(document.get("changed")),
+            "state": params["state"],
+            "package": _package(document, package),
+            "processes": processes,
+            "cold_patch_required": bool(document.get("cold_patch_required")),
+            "reasons": reply.reasons,
+            "journal": document.get("journal"),
+            "staged": list(document.get("staged") or []),
+            "engine_version": document.get("engine_version"),
+            "platform": document.get("platform"),
+        }
+        if reply.verb == "plan":
+            result["changed"] = any(p["result"] in ("would_patch", "would_roll_back") for p in processes)
+        elif reply.verb == "status":
+            result["changed"] = _staged(document, result["package"]) != (params["state"] == "staged")
+        if self._task.diff and reply.verb in ("apply", "rollback", "plan"):
+            result["diff"] = _diff(processes)
+        return result
+
+
+def _package(document: dict[str, Any], package: PackageInfo | None) -> dict[str, Any]:
+    """``{id, module, version, sha256}``: the engine's view, else what the controller read."""
+    reported = document.get("package") if isinstance(document.get("package"), dict) else {}
+    known = package.as_result() if package else {}
+    return {key: reported.get(key) or known.get(key) for key in ("id", "module", "version", "sha256")}
+
+
+def _staged(document: dict[str, Any], package: dict[str, Any]) -> bool:
+    """Whether ``status`` lists this package as staged (matched by package id or SHA-256)."""
+    for entry in document.get("staged") or []:
+        if not isinstance(entry, dict):
+            continue
+        ident = entry.get("package") if isinstance(entry.get("package"), dict) else entry
+        if (package.get("sha256") and ident.get("sha256") == package["sha256"]) or (
+            package.get("id") and ident.get("id") == package["id"]
+        ):
+            return True
+    return False
+
+
+def _diff(processes: list[dict[str, Any]]) -> dict[str, str]:
+    """Per process, which code it runs before -> after, as two texts Ansible shows as a diff."""
+    before, after = [], []
+    for proc in processes:
+        label = f"{proc.get('name')} (pid {proc.get('pid')})"
+        before.append(f"{label}: {proc.get('code_before') or 'unknown'}\n")
+        after.append(f"{label}: {proc.get('code_after') or 'unknown'}\n")
+    return {"before": "".join(before), "after": "".join(after)}

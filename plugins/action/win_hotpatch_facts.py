@@ -1,0 +1,72 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of rebootless.windows.win_hotpatch_facts: the engine's ``inspect`` as ``ansible_facts.hotpatch``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ansible_collections.rebootless.windows.plugins.plugin_utils._action_base import (
+    EngineAction,
+    EngineReply,
+    PackageInfo,
+)
+
+__all__ = ["ARGUMENT_SPEC", "ActionModule", "hotpatch_facts"]
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "module": {"type": "str"},
+    "engine_dir": {"type": "str"},
+    "python": {"type": "str"},
+    "state_dir": {"type": "str"},
+}
+
+# Fact -> keys the engine's ``facts`` object may carry it under (first present wins); absent facts stay None.
+_FACT_KEYS: dict[str, tuple[str, ...]] = {
+    "os_product": ("os_product", "product", "product_name"),
+    "os_build": ("os_build", "build", "current_build"),
+    "os_ubr": ("os_ubr", "ubr"),
+    "vbs": ("vbs", "vbs_state"),
+    "enrolment": ("enrolment", "hotpatch_enrolment", "enrollment"),
+    "pending_reboot": ("pending_reboot", "reboot_pending"),
+    "pending_reboot_reasons": ("pending_reboot_reasons", "reboot_reasons"),
+}
+_PROCESS_KEYS = ("pid", "windows_pid", "name", "start_time", "module_base", "code_before")
+
+
+def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, Any]:
+    """``ansible_facts.hotpatch`` from an ``inspect`` document; every documented key present (None if unknown)."""
+    raw = document.get("facts") if isinstance(document.get("facts"), dict) else {}
+    facts: dict[str, Any] = {
+        "platform": document.get("platform") or raw.get("platform"),
+        "engine_version": document.get("engine_version"),
+    }
+    for name, keys in _FACT_KEYS.items():
+        facts[name] = next((raw[key] for key in keys if raw.get(key) is not None), None)
+    reasons = facts["pending_reboot_reasons"]
+    facts["pending_reboot_reasons"] = [str(r) for r in reasons] if isinstance(reasons, list) else []
+    facts["applied"] = list(document.get("applied") or raw.get("applied") or [])
+    facts["staged"] = list(document.get("staged") or raw.get("staged") or [])
+    facts["module"] = module
+    processes = document.get("processes") if isinstance(document.get("processes"), list) else []
+    facts["processes"] = (
+        [{key: item.get(key) for key in _PROCESS_KEYS if key in item} for item in processes if isinstance(item, dict)]
+        if module
+        else []
+    )
+    return facts
+
+
+class ActionModule(EngineAction):
+    """win_hotpatch_facts: runs ``inspect`` (read-only, so also in check mode)."""
+
+    ARGUMENT_SPEC: ClassVar[dict[str, Any]] = ARGUMENT_SPEC
+
+    def verb(self, params: dict[str, Any]) -> str:
+        return "inspect"
+
+    def request(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"module": params["module"]} if params.get("module") else {}
+
+    def shape(self, params: dict[str, Any], reply: EngineReply, package: PackageInfo | None) -> dict[str, Any]:
+        return {"changed": False, "ansible_facts": {"hotpatch": hotpatch_facts(reply.document, params.get("module"))}}

@@ -1,0 +1,130 @@
+#!/usr/bin/python
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Documentation only: the action plugin plugins/action/win_hotpatch_facts.py runs this module.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: win_hotpatch_facts
+short_description: Hotpatch facts of a Windows host - platform, OS build, pending reboot, applied packages
+version_added: 0.1.0
+description:
+  - Runs the rebootless engine's read-only C(inspect) verb on the host and returns its findings as
+    C(ansible_facts.hotpatch).
+  - With O(module), also lists the running processes that load that module.
+  - The engine zipapp is transferred only when the host does not already hold it (by SHA-256); when
+    O(engine_dir) does not exist on the host, it runs from the task's temporary directory and leaves nothing.
+options:
+  module:
+    description:
+      - File name of a module (for example C(appcore.dll)); list the processes that load it.
+    type: str
+extends_documentation_fragment:
+  - rebootless.windows.engine
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Nothing to show; returns facts only.
+    support: none
+  platform:
+    description: Windows hosts, and Windows programs hosted by Wine on Linux.
+    platforms: windows
+    support: full
+  facts:
+    description: Returns C(ansible_facts.hotpatch).
+    support: full
+seealso:
+  - module: rebootless.windows.win_hotpatch
+author:
+  - rebootless.windows maintainers
+"""
+
+EXAMPLES = r"""
+- name: Gather hotpatch facts and the processes that load appcore.dll
+  rebootless.windows.win_hotpatch_facts:
+    module: appcore.dll
+
+- name: Send hosts with a pending reboot to the cold path
+  ansible.builtin.debug:
+    msg: "{{ inventory_hostname }} must reboot: {{ ansible_facts.hotpatch.pending_reboot_reasons | join(', ') }}"
+  when: ansible_facts.hotpatch.pending_reboot
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts added to the host.
+  returned: always
+  type: dict
+  contains:
+    hotpatch:
+      description:
+        - What the engine found. Keys the engine cannot determine on a platform are null (for example
+          C(vbs) and C(enrolment) on Wine hosts).
+      returned: always
+      type: dict
+      contains:
+        platform:
+          description: Engine backend for this host, C(windows) or C(wine).
+          type: str
+          sample: windows
+        engine_version:
+          description: Version of the engine that answered.
+          type: str
+          sample: 0.1.0
+        os_product:
+          description: Windows product name, null when unknown.
+          type: str
+          sample: Windows Server 2025 Datacenter
+        os_build:
+          description: Windows build number (CurrentBuild), null when unknown.
+          type: str
+          sample: "26100"
+        os_ubr:
+          description: Update build revision (UBR), null when unknown.
+          type: int
+          sample: 1742
+        vbs:
+          description: Virtualization-based security state as the engine reports it, null when unknown.
+          type: raw
+          sample: running
+        enrolment:
+          description: Hotpatch enrolment state for Microsoft hotpatch updates, null when unknown.
+          type: raw
+          sample: enrolled
+        pending_reboot:
+          description: Whether a reboot is pending, null when the engine cannot tell.
+          type: bool
+          sample: false
+        pending_reboot_reasons:
+          description: Why a reboot is pending (for example C(Component Based Servicing)); empty when none or unknown.
+          type: list
+          elements: str
+          sample: []
+        applied:
+          description: Packages applied per the engine journal, as the engine records them.
+          type: list
+          elements: dict
+          sample: [{"id": "appcore-cve-fix", "version": "2.0.0", "pids": [4242]}]
+        staged:
+          description: Module files staged on disk by the cold path, as the engine records them.
+          type: list
+          elements: dict
+          sample: []
+        module:
+          description: The O(module) asked about, or null.
+          type: str
+          sample: appcore.dll
+        processes:
+          description: Processes that load O(module) (empty when O(module) is not set).
+          type: list
+          elements: dict
+          sample: [{"pid": 4242, "name": "appsvc.exe", "start_time": "133700000000000000"}]
+engine_rc:
+  description: Exit code of the engine (0 on success).
+  returned: always
+  type: int
+  sample: 0
+"""

@@ -1,0 +1,137 @@
+# Internal to rebootless.windows: not a public API, may change without notice.
+"""Build the host engine as one zipapp, deterministically, once per controller run.
+
+The archive holds:
+
+``hotpatch/``
+    The engine package, copied from ``plugins/module_utils/hotpatch/`` (``.py`` files only).
+``pefile.py`` and ``ordlookup/``
+    From the controller's installed pefile (the engine reads PE images with it; hosts need nothing but Python).
+``__main__.py``
+    Runs ``hotpatch.__main__.main()`` and exits with its return code.
+
+Every member gets a fixed timestamp and mode and members are sorted, so the same sources always give the same
+bytes and the same name ``engine-<sha12>.pyz`` (first 12 hex digits of the archive's SHA-256). Hosts cache the
+archive under that name, so a controller with unchanged sources never transfers the engine twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ENGINE_PACKAGE_DIR", "EngineArchive", "build_engine", "engine_archive"]
+
+ENGINE_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "module_utils" / "hotpatch"
+
+ROOT_MAIN = (
+    b"# rebootless.windows host engine: python engine.pyz <verb> --request FILE (docs/engine-protocol.md)\n"
+    b"import sys\n"
+    b"\n"
+    b"from hotpatch.__main__ import main\n"
+    b"\n"
+    b"sys.exit(main())\n"
+)
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_ZIP_MODE = (stat.S_IFREG | 0o644) << 16
+_lock = threading.Lock()
+_built: dict[tuple[str, str], EngineArchive] = {}
+
+
+@dataclass(frozen=True)
+class EngineArchive:
+    """A built engine zipapp on the controller: ``path`` to the file, ``sha256`` hex digest of its bytes."""
+
+    path: str
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """File name hosts cache it under: ``engine-<first 12 hex digits of sha256>.pyz``."""
+        return f"engine-{self.sha256[:12]}.pyz"
+
+
+def engine_members(engine_dir: Path = ENGINE_PACKAGE_DIR, pefile_dir: Path | None = None) -> dict[str, bytes]:
+    """Archive member name -> bytes for the engine, pefile and the root ``__main__.py``.
+
+    Raises FileNotFoundError when the engine package or pefile is missing (install pefile on the controller).
+    """
+    if not (engine_dir / "__init__.py").is_file():
+        raise FileNotFoundError(f"engine package not found at {engine_dir}")
+    if pefile_dir is None:
+        import pefile  # controller dependency (requirements.txt); imported late so unit tests can pass a path
+
+        pefile_dir = Path(pefile.__file__).resolve().parent
+    members: dict[str, bytes] = {"__main__.py": ROOT_MAIN}
+    for source in sorted(engine_dir.rglob("*.py")):
+        relative = source.relative_to(engine_dir)
+        if "__pycache__" in relative.parts:
+            continue
+        members["hotpatch/" + relative.as_posix()] = source.read_bytes()
+    members["pefile.py"] = (pefile_dir / "pefile.py").read_bytes()
+    for source in sorted((pefile_dir / "ordlookup").glob("*.py")):
+        members["ordlookup/" + source.name] = source.read_bytes()
+    return members
+
+
+def build_engine(members: dict[str, bytes]) -> bytes:
+    """Deterministic zip bytes for ``members`` (sorted names, fixed dates and modes, deflate level 9)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.external_attr = _ZIP_MODE
+            info.create_system = 3
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, members[name], compresslevel=9)
+    return buffer.getvalue()
+
+
+def cache_dir() -> Path:
+    """Where built archives live: ``$XDG_CACHE_HOME/rebootless`` or ``~/.cache/rebootless``, else the tmp dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    for candidate in (Path(base) / "rebootless", Path(tempfile.gettempdir()) / f"rebootless-{os.getuid()}"):
+        try:
+            candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return candidate
+    raise OSError("no writable cache directory for the engine archive: set XDG_CACHE_HOME to a writable directory")
+
+
+def engine_archive(engine_dir: Path = ENGINE_PACKAGE_DIR, pefile_dir: Path | None = None) -> EngineArchive:
+    """Build (or find in the cache) the engine zipapp for the current sources; memoised per process.
+
+    The file is written atomically (temporary name, then rename), so parallel forks of one controller run
+    never see a partial archive.
+    """
+    key = (str(engine_dir), str(pefile_dir))
+    with _lock:
+        if key in _built and os.path.isfile(_built[key].path):
+            return _built[key]
+        payload = build_engine(engine_members(engine_dir, pefile_dir))
+        digest = hashlib.sha256(payload).hexdigest()
+        target = cache_dir() / f"engine-{digest[:12]}.pyz"
+        if not _has_digest(target, digest):
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".engine-", suffix=".part")
+            with os.fdopen(handle, "wb") as out:
+                out.write(payload)
+            os.replace(temporary, target)
+        _built[key] = EngineArchive(str(target), digest)
+        return _built[key]
+
+
+def _has_digest(path: Path, digest: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    except OSError:
+        return False
