@@ -17,7 +17,8 @@ that restart services or reboot hosts. Logs: ``<root>/logs/<host>/<service>.log`
 CLI::
 
     fleet.py [--root DIR] up [--hosts N] [--base-port P] [--mismatch-host K] [--timeout S]
-    fleet.py [--root DIR] status | restart HOST [SERVICE] | reboot HOST | down [--keep] | request HOST LINE
+    fleet.py [--root DIR] status | restart HOST [SERVICE] | stop HOST [SERVICE] | start HOST [SERVICE]
+    fleet.py [--root DIR] reboot HOST | down [--keep] | request HOST LINE
 """
 
 from __future__ import annotations
@@ -437,15 +438,38 @@ class Fleet:
         answers PING. Raises FleetError for an unknown host/service or when it does not answer in timeout s."""
         with self._locked(host):
             record = self.load_host(host)
-            if service not in record.services:
-                raise FleetError(f"{host} has no service {service!r}; it has {sorted(record.services)}")
-            svc = record.services[service]
+            svc = self._service(record, service)
             self._stop_service(host, svc)
             self._save_host(record)
             self._start_service(record, svc, timeout)
             self._save_host(record)
             self._wait_answering([(host, svc)], timeout)
         return svc
+
+    def stop(self, host: str, service: str = SERVICE_NAME) -> ServiceRecord:
+        """Stop one service and leave it stopped (state "stopped" until start, restart, reboot or up)."""
+        with self._locked(host):
+            record = self.load_host(host)
+            svc = self._service(record, service)
+            self._stop_service(host, svc)
+            self._save_host(record)
+        return svc
+
+    def start(self, host: str, service: str = SERVICE_NAME, timeout: float = 30.0) -> ServiceRecord:
+        """Start one service when it is not running and wait until it answers PING (no-op when running)."""
+        with self._locked(host):
+            record = self.load_host(host)
+            svc = self._service(record, service)
+            if self._find_service_process(host, svc) is None:
+                self._start_service(record, svc, timeout)
+                self._save_host(record)
+            self._wait_answering([(host, svc)], timeout)
+        return svc
+
+    def _service(self, record: HostRecord, service: str) -> ServiceRecord:
+        if service not in record.services:
+            raise FleetError(f"{record.name} has no service {service!r}; it has {sorted(record.services)}")
+        return record.services[service]
 
     def reboot(self, host: str, timeout: float = 60.0) -> HostRecord:
         """The simulated reboot: stop every process of the host, apply PendingFileRenameOperations.json, record
@@ -538,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     p_restart = sub.add_parser("restart", help="stop and relaunch one service")
     p_restart.add_argument("host")
     p_restart.add_argument("service", nargs="?", default=SERVICE_NAME)
+    for verb, text in (("stop", "stop one service (stays stopped)"), ("start", "start a stopped service")):
+        p_verb = sub.add_parser(verb, help=text)
+        p_verb.add_argument("host")
+        p_verb.add_argument("service", nargs="?", default=SERVICE_NAME)
     p_reboot = sub.add_parser("reboot", help="stop and relaunch every process of a host, new boot time")
     p_reboot.add_argument("host")
     p_down = sub.add_parser("down", help="stop everything; remove host folders unless --keep")
@@ -558,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
             _print_json(fleet.status())
         elif args.cmd == "restart":
             _print_json(asdict(fleet.restart(args.host, args.service)))
+        elif args.cmd == "stop":
+            _print_json(asdict(fleet.stop(args.host, args.service)))
+        elif args.cmd == "start":
+            _print_json(asdict(fleet.start(args.host, args.service)))
         elif args.cmd == "reboot":
             record = fleet.reboot(args.host)
             _print_json({"name": record.name, "boot_time": record.boot_time, "boots": record.boots})

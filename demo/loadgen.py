@@ -155,6 +155,7 @@ class LoadGen:
         self._ready = threading.Event()
         self._result: LoadResult | None = None
         self._error: BaseException | None = None
+        self._states: list[_TargetState] = []
 
     # -- one request ---------------------------------------------------------------------------------------------
     async def _one(self, st: _TargetState, line: str, expected: str, t0: float) -> None:
@@ -213,6 +214,7 @@ class LoadGen:
         """Send load until duration seconds pass (None: no limit) or stop is set; return the result."""
         stop = stop or asyncio.Event()
         states = [_TargetState(t) for t in self.targets]
+        self._states = states
         tasks: set[asyncio.Task[None]] = set()
         started_at, t0 = time.time(), time.monotonic()
         drivers = [asyncio.create_task(self._drive(st, t0, stop, tasks)) for st in states]
@@ -263,6 +265,10 @@ class LoadGen:
             achieved_rps=round(sent / duration_s, 1) if duration_s > 0 else 0.0,
             targets=targets,
         )
+
+    def live_counts(self) -> dict[str, tuple[int, int]]:
+        """While running: target name -> (sent, failed) so far (read from another thread; may lag by a request)."""
+        return {st.target.name: (st.sent, sum(st.failures.values())) for st in list(self._states)}
 
     # -- blocking and background use -----------------------------------------------------------------------------
     def run(self, duration: float | None) -> LoadResult:
