@@ -246,7 +246,7 @@ def stop_program(proc: WineProcess, timeout: float = 5.0) -> bool:
     Raises WineError when it survives SIGKILL for timeout seconds.
     """
     if not is_running(proc):
-        _reap(proc.pid)
+        _reap(proc.pid, 0.5)
         return False
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -255,7 +255,6 @@ def stop_program(proc: WineProcess, timeout: float = 5.0) -> bool:
             break
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and is_running(proc):
-            _reap(proc.pid)
             time.sleep(0.01)
         if not is_running(proc):
             break
@@ -265,10 +264,16 @@ def stop_program(proc: WineProcess, timeout: float = 5.0) -> bool:
     return True
 
 
-def _reap(pid: int) -> None:
-    popen = _CHILDREN.get(pid)
-    if popen is not None and popen.poll() is not None:
-        del _CHILDREN[pid]
+def _reap(pid: int, timeout: float = 5.0) -> None:
+    """Wait for our own child once it stopped running: a multi-threaded process's zombie leader can only be
+    reaped after its last thread exits, a moment after it stopped counting as running."""
+    popen = _CHILDREN.pop(pid, None)
+    if popen is None:
+        return
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _CHILDREN[pid] = popen
 
 
 def prefix_processes(prefix: Path = DEFAULT_PREFIX) -> list[tuple[int, str]]:

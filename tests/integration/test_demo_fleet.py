@@ -164,7 +164,7 @@ def test_restart_loads_a_module_staged_on_disk(fleet: Fleet, demo_build: DemoBui
 
     new_pid = service_pid(fleet, host)
     assert new_pid != old_pid
-    assert not Path(f"/proc/{old_pid}").exists() or Path(f"/proc/{old_pid}/comm").read_text().strip() != "appsvc.exe"
+    assert old_pid not in [p.pid for p in find_programs("appsvc.exe")]
     assert fleet.request(host, "VERSION") == "appcore 1.0.1"
     assert fleet.request(host, "GET 5") == "ERR index out of range"
     assert fleet.request(host, "GET 4") == "elder"
