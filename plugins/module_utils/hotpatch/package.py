@@ -259,11 +259,16 @@ def check_member_name(name: str) -> str:
     return name
 
 
-def write_package(dest: Union[str, IO[bytes]], manifest: Manifest, members: Mapping[str, bytes]) -> str:
+def write_package(
+    dest: Union[str, IO[bytes]],
+    manifest: Manifest,
+    members: Mapping[str, bytes],
+    signature: Optional[bytes] = None,
+) -> str:
     """Write a deterministic package; returns its SHA-256 hex digest.
 
     ``members`` must hold exactly the members ``manifest.members`` lists, with matching hashes (raises
-    PackageError otherwise). The signature member is added by the signing step, not here.
+    PackageError otherwise). ``signature`` is the ``manifest.sig`` document (signature.py) or None (unsigned).
     """
     listed = dict(manifest.members)
     if sorted(listed) != sorted(members):
@@ -275,7 +280,10 @@ def write_package(dest: Union[str, IO[bytes]], manifest: Manifest, members: Mapp
     Manifest.from_dict(json.loads(manifest.to_json()))  # never write what the engine would refuse
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        entries = [(MANIFEST_MEMBER, manifest.to_json()), *sorted(members.items())]
+        entries = [(MANIFEST_MEMBER, manifest.to_json())]
+        if signature is not None:
+            entries.append((SIGNATURE_MEMBER, signature))
+        entries.extend(sorted(members.items()))
         for name, data in entries:
             info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
             info.external_attr = _ZIP_MODE
