@@ -1,0 +1,157 @@
+"""The request document a verb runs with (docs/engine-protocol.md, "Request"): parsed strictly, with defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import RequestError
+
+__all__ = ["CHANGING_VERBS", "VERBS", "Request", "default_state_dir", "load_request", "parse_request"]
+
+VERBS = ("inspect", "plan", "apply", "verify", "rollback", "stage", "unstage", "status", "recover")
+CHANGING_VERBS = ("apply", "rollback", "stage", "unstage", "recover")
+_NEEDS_PACKAGE = ("plan", "apply", "verify", "rollback", "stage", "unstage")
+_KEYS = (
+    "package",
+    "state_dir",
+    "backend",
+    "module",
+    "processes",
+    "state",
+    "activeness_check",
+    "retries",
+    "retry_delay_ms",
+    "lock_timeout_s",
+    "allow_unsigned",
+    "trusted_keys",
+    "module_path",
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request; ``names`` compare case-insensitively, ``pids`` match the PID or the Windows PID."""
+
+    verb: str
+    package: Optional[str] = None
+    state_dir: str = ""
+    backend: str = "auto"
+    module: Optional[str] = None
+    names: Tuple[str, ...] = ()
+    pids: Tuple[int, ...] = ()
+    state: str = "present"
+    activeness_check: bool = False
+    retries: int = 5
+    retry_delay_ms: int = 20
+    lock_timeout_s: float = 30.0
+    allow_unsigned: bool = False
+    trusted_keys: Tuple[str, ...] = field(default=())
+    module_path: Optional[str] = None
+
+
+def default_state_dir() -> str:
+    """``C:\\ProgramData\\rebootless\\state`` on Windows, ``/var/lib/rebootless/state`` elsewhere."""
+    if os.name == "nt":
+        root = os.environ.get("PROGRAMDATA") or "C:\\ProgramData"
+        return os.path.join(root, "rebootless", "state")
+    return "/var/lib/rebootless/state"
+
+
+def load_request(verb: str, path: str) -> Request:
+    """Read and parse the request file; raises RequestError when it is unreadable or invalid."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise RequestError(f"cannot read request file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise RequestError(f"request file {path} is not valid UTF-8 JSON: {exc}") from exc
+    return parse_request(verb, data)
+
+
+def parse_request(verb: str, data: Any) -> Request:
+    """Validate a decoded request for ``verb``; raises RequestError naming the first bad key."""
+    if verb not in VERBS:
+        raise RequestError(f"unknown verb {verb!r}: use one of {', '.join(VERBS)}")
+    if not isinstance(data, dict):
+        raise RequestError("the request must be a JSON object")
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise RequestError(f"unknown request keys {', '.join(unknown)}: the engine accepts {', '.join(_KEYS)}")
+    package = _opt_str(data, "package")
+    if verb in _NEEDS_PACKAGE and not package:
+        raise RequestError(f"verb {verb} needs 'package' (path of the hotpatch package on this host)")
+    backend = _opt_str(data, "backend") or "auto"
+    if backend not in ("auto", "windows", "wine"):
+        raise RequestError(f"backend {backend!r} is not one of auto, windows, wine")
+    state = _opt_str(data, "state") or "present"
+    if state not in ("present", "absent"):
+        raise RequestError(f"state {state!r} is not one of present, absent")
+    names, pids = _processes(data.get("processes"))
+    keys = data.get("trusted_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise RequestError("trusted_keys must be a list of non-empty strings (base64 public keys)")
+    return Request(
+        verb=verb,
+        package=package,
+        state_dir=_opt_str(data, "state_dir") or default_state_dir(),
+        backend=backend,
+        module=_opt_str(data, "module"),
+        names=names,
+        pids=pids,
+        state=state,
+        activeness_check=_bool(data, "activeness_check", False),
+        retries=_int(data, "retries", 5, 0, 1000),
+        retry_delay_ms=_int(data, "retry_delay_ms", 20, 0, 60000),
+        lock_timeout_s=float(_int_or_float(data, "lock_timeout_s", 30.0)),
+        allow_unsigned=_bool(data, "allow_unsigned", False),
+        trusted_keys=tuple(keys),
+        module_path=_opt_str(data, "module_path"),
+    )
+
+
+def _opt_str(data: Dict[str, Any], key: str) -> Optional[str]:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"{key} must be a non-empty string")
+    return value
+
+
+def _bool(data: Dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise RequestError(f"{key} must be true or false")
+    return value
+
+
+def _int(data: Dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestError(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+def _int_or_float(data: Dict[str, Any], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 86400:
+        raise RequestError(f"{key} must be a number of seconds from 0 to 86400")
+    return float(value)
+
+
+def _processes(raw: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    if raw is None:
+        return (), ()
+    if not isinstance(raw, dict) or set(raw) - {"names", "pids"}:
+        raise RequestError("processes must be an object with optional 'names' and 'pids' lists")
+    names: List[str] = raw.get("names") or []
+    pids: List[int] = raw.get("pids") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise RequestError("processes.names must be a list of executable names (e.g. appsvc.exe)")
+    if not isinstance(pids, list) or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pids):
+        raise RequestError("processes.pids must be a list of positive integers")
+    return tuple(names), tuple(pids)

@@ -1,0 +1,153 @@
+"""Per-process rollback: replay the journal's writes in reverse under quiesce, then free the blob when idle."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional, Sequence
+
+from ..backends.base import ProcessHandle
+from ..errors import BackendError, EngineError
+from .blob import free_when_idle
+from .discovery import Target
+from .faults import fault_point
+from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
+from .quiesce import Range, quiesce_clear
+from .result import ProcessResult
+from .transaction import Options
+
+__all__ = ["RollbackTransaction", "restore_originals", "write_ranges", "write_states"]
+
+
+def write_ranges(writes: Sequence[JournalWrite]) -> List[Range]:
+    """[start, end) of every journaled write: no thread may stand there while it changes."""
+    return [(w.address, w.address + len(w.original) // 2, f"the {w.part} jump of {w.function}") for w in writes]
+
+
+def write_states(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List[str]:
+    """For each journaled write: "original", "new" or "other", from the bytes in the process now."""
+    states = []
+    for write in writes:
+        current = handle.read(write.address, len(write.original) // 2).hex()
+        states.append("original" if current == write.original else "new" if current == write.new else "other")
+    return states
+
+
+def restore_originals(handle: ProcessHandle, writes: Sequence[JournalWrite], fault: bool = False) -> None:
+    """Write back every original in reverse order (entries before paddings); threads must be stopped.
+
+    On a failed write, the writes already undone are redone so the process stays on the new code, then the
+    BackendError propagates.
+    """
+    undone: List[JournalWrite] = []
+    first_entry = True
+    try:
+        for write in reversed(writes):
+            current = handle.read(write.address, len(write.original) // 2).hex()
+            if current != write.original:
+                handle.write(write.address, bytes.fromhex(write.original))
+                undone.append(write)
+            if fault and write.part == "entry" and first_entry:
+                first_entry = False
+                fault_point("rollback_after_entry")
+        for write in writes:
+            handle.flush_instruction_cache(write.address, len(write.original) // 2)
+    except EngineError as exc:
+        for write in reversed(undone):
+            with contextlib.suppress(EngineError):  # the same address accepted a write a moment ago
+                handle.write(write.address, bytes.fromhex(write.new))
+        raise BackendError(f"rollback write failed and was undone: {exc}") from exc
+
+
+class RollbackTransaction:
+    """Roll one process back to the base code. ``run`` returns "rolled_back", "not_patched",
+    "would_roll_back" or "failed"; the process runs old or new code at every moment."""
+
+    def __init__(
+        self,
+        target: Target,
+        journal: Journal,
+        record_file: ApplyJournal,
+        record: ProcessRecord,
+        options: Options,
+        dry_run: bool = False,
+    ) -> None:
+        self.target = target
+        self.journal = journal
+        self.file = record_file
+        self.record = record
+        self.options = options
+        self.dry_run = dry_run
+        info = target.info
+        functions = len({w.function for w in record.writes})
+        self.result = ProcessResult(
+            info.pid, info.name, info.start_time, info.windows_pid, functions=functions, module_base=record.module_base
+        )
+
+    def run(self) -> ProcessResult:
+        """check bytes -> journal intent -> quiesce -> restore -> resume -> journal -> free the blob when idle."""
+        handle = self.target.handle
+        try:
+            states = write_states(handle, self.record.writes)
+            if "other" in states:
+                return self._set("failed", "unknown", "unknown", self._other(states))
+            if set(states) == {"original"}:  # rolled back by someone else's restore of the bytes: just clean up
+                self._set("not_patched", "base", "base")
+                self._finish(pause_us=None)
+                return self.result
+            if self.dry_run:
+                return self._set("would_roll_back", "patched", "base")
+            self.journal.touch(self.record, "rolling_back")
+            self.journal.save(self.file)
+            fault_point("rollback_after_intent")
+            quiesced, busy = quiesce_clear(
+                handle, write_ranges(self.record.writes), (), self.options.retries, self.options.retry_delay_ms
+            )
+            self.result.attempts = busy.attempts
+            if quiesced is None:
+                self.journal.touch(self.record, "applied")
+                self.journal.save(self.file)
+                return self._set("failed", "patched", "patched", f"threads stayed busy: {busy.reason}; try again later")
+            fault_point("rollback_after_quiesce")
+            try:
+                restore_originals(handle, self.record.writes, fault=True)
+            except EngineError:
+                quiesced.resume()
+                self.journal.touch(self.record, "applied")
+                self.journal.save(self.file)
+                raise
+            fault_point("rollback_after_restore")
+            pause = quiesced.resume()
+            fault_point("rollback_after_resume")
+            self._set("rolled_back", "patched", "base")
+            self._finish(pause)
+        except EngineError as exc:
+            self._set("failed", self.result.code_before, self.result.code_before, str(exc))
+        return self.result
+
+    def _finish(self, pause_us: Optional[int]) -> None:
+        self.result.pause_us = pause_us
+        self.journal.touch(self.record, "rolled_back")
+        self.journal.save(self.file)
+        note = free_when_idle(self.target.handle, self.record, self.options.retries, self.options.retry_delay_ms)
+        if self.record.blob_freed:
+            fault_point("rollback_after_free")
+        if note:
+            self.record.note = note
+            self.result.reason = note
+        self.journal.save(self.file)
+
+    def _other(self, states: Sequence[str]) -> str:
+        for write, state in zip(self.record.writes, states):
+            if state == "other":
+                return (
+                    f"the {write.part} bytes of {write.function} at 0x{write.address:x} changed since the apply "
+                    "(another tool patched them?): not touching them; inspect the process"
+                )
+        return "unexpected bytes"  # pragma: no cover
+
+    def _set(self, result: str, before: str, after: str, reason: Optional[str] = None) -> ProcessResult:
+        self.result.result = result
+        self.result.code_before = before
+        self.result.code_after = after
+        self.result.reason = reason
+        return self.result

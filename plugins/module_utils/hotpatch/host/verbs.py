@@ -1,0 +1,356 @@
+"""The verbs of the engine (docs/engine-protocol.md): each reads as the steps it takes.
+
+``Engine(request, backend).run()`` returns the VerbResult; errors of the whole verb raise EngineError subclasses
+(``__main__`` turns them into the JSON ``error`` and the exit code). Changing verbs hold the host lock and run
+``recover`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from ..backends import platform_of, select_backend
+from ..backends.base import Backend, ModuleInfo, ProcessInfo
+from ..errors import EngineError, RequestError
+from ..package import Package, read_package
+from .codestate import FileHashes, check_image, code_of, describe_other, read_functions
+from .coldpatch import stage_module, unstage_module
+from .discovery import Target, discover, identity, select
+from .facts import os_facts
+from .journal import ApplyJournal, Journal, PackageRef, ProcessRecord
+from .lock import HostLock
+from .recovery import live_processes, recover
+from .request import Request
+from .result import ProcessResult, VerbResult
+from .rollback import RollbackTransaction
+from .transaction import Options, PatchTransaction
+from .trust import check_trust
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """One verb run. ``backend`` is injected by tests; otherwise chosen from the request."""
+
+    def __init__(self, request: Request, backend: Optional[Backend] = None) -> None:
+        self.request = request
+        self._backend = backend
+        self.platform = backend.name if backend is not None else platform_of(request.backend)
+        self.journal = Journal(request.state_dir)
+        self.options = Options(request.retries, request.retry_delay_ms, request.activeness_check)
+        self.result = VerbResult(request.verb, platform=self.platform)
+        self.package: Optional[Package] = None
+        self.ref: Optional[PackageRef] = None
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = select_backend(self.request.backend)
+        return self._backend
+
+    def run(self) -> VerbResult:
+        """Run the request's verb; raises EngineError for errors of the whole verb."""
+        verbs: Dict[str, Callable[[], None]] = {
+            "inspect": self.inspect,
+            "plan": self.plan,
+            "apply": self.apply,
+            "verify": self.verify,
+            "rollback": self.rollback,
+            "stage": self.stage,
+            "unstage": self.unstage,
+            "status": self.status,
+            "recover": self.recover,
+        }
+        if self.request.package:
+            self._load_package()
+        verbs[self.request.verb]()
+        return self.result
+
+    # -- verbs ---------------------------------------------------------------------------------------------------
+
+    def inspect(self) -> None:
+        """Platform and OS facts, processes loading the module, applied and staged packages. Changes nothing."""
+        self.result.facts = os_facts(self.platform)
+        module = self.request.module or (self.package.manifest.module if self.package else None)
+        if module:
+            with self._targets(module) as targets:
+                for target in targets:
+                    proc = _process_result(target, "loaded")
+                    proc.reason = target.module.path
+                    self.result.processes.append(proc)
+        self._report_journal()
+
+    def plan(self) -> None:
+        """What apply (state present) or rollback (state absent) would do per process. Changes nothing."""
+        if self.request.state == "absent":
+            self._rollback(dry_run=True)
+        else:
+            self._apply(dry_run=True)
+
+    def apply(self) -> None:
+        """Hotpatch every matching process; idempotent."""
+        with self._locked():
+            self._apply(dry_run=False)
+
+    def verify(self) -> None:
+        """Which processes run the base code and which run this package's code. Changes nothing."""
+        package, hashes = self._package(), FileHashes()
+        applied = self._applied_index()
+        with self._targets(package.manifest.module) as targets:
+            for target in targets:
+                proc = _process_result(target, "not_patched")
+                image = check_image(target.handle, target.module, package.manifest, hashes)
+                if image.image == "patched":
+                    code, reason = "patched", image.reason
+                elif image.image != "base":
+                    code, reason = "unknown", image.reason
+                else:
+                    record = applied.get(identity(target.info))
+                    views = read_functions(
+                        target.handle, target.module.base, package.manifest, record.blob_address if record else None
+                    )
+                    code = code_of(views)
+                    reason = describe_other(views) if code == "unknown" else None
+                proc.code_before = proc.code_after = code
+                proc.result = {"patched": "patched", "base": "not_patched"}.get(code, "refused")
+                proc.reason = reason
+                self.result.add(proc)
+        self.result.changed = False
+
+    def rollback(self) -> None:
+        """Undo this package in every journaled process, under quiesce."""
+        with self._locked():
+            self._rollback(dry_run=False)
+
+    def stage(self) -> None:
+        """Cold path: put the patched module on disk for the next start; the original is kept for undo."""
+        with self._locked():
+            package, ref = self._package(), self._ref()
+            path = self._module_path()
+            changed, entry = stage_module(self.journal, package, ref, path)
+            self.result.changed = self.result.changed or changed
+            self.result.staged.append(entry)
+
+    def unstage(self) -> None:
+        """Restore the original module staged aside by ``stage``."""
+        with self._locked():
+            package, ref = self._package(), self._ref()
+            path = self._module_path()
+            changed, entry = unstage_module(self.journal, ref, path, package.manifest.base.sha256)
+            self.result.changed = self.result.changed or changed
+            if entry is not None:
+                self.result.staged.append(entry)
+            for record in self.journal.stages(ref.key):
+                if record.final:
+                    self.journal.archive(record)
+
+    def status(self) -> None:
+        """Applied and staged packages recorded in the journal, with process liveness. Changes nothing."""
+        self._report_journal()
+
+    def recover(self) -> None:
+        """Finish or undo whatever a killed engine left in the journal."""
+        with self._locked():
+            pass
+
+    # -- shared steps ----------------------------------------------------------------------------------------------
+
+    def _apply(self, dry_run: bool) -> None:
+        package, ref = self._package(), self._ref()
+        manifest = package.manifest
+        applied = self._applied_index()
+        hashes = FileHashes()
+        record_file = self.journal.new_apply(ref)
+        with self._targets(manifest.module) as targets:
+            for target in targets:
+                if not manifest.hotpatchable:
+                    proc = _process_result(target, "refused")
+                    proc.reason = "the package is cold-only: " + (
+                        "; ".join(f"{r.function}: {r.reason}" for r in manifest.refusals) or "no hotpatchable function"
+                    )
+                    self.result.add(proc)
+                    continue
+                transaction = PatchTransaction(
+                    target,
+                    package,
+                    self.journal,
+                    record_file,
+                    applied.get(identity(target.info)),
+                    self.options,
+                    hashes,
+                    dry_run,
+                )
+                self.result.add(transaction.run())
+        if os.path.exists(record_file.path):
+            self.result.journal = record_file.path
+            if record_file.final:
+                self.journal.archive(record_file)
+        self.result.cold_patch_required = not manifest.hotpatchable or any(
+            p.result == "refused" for p in self.result.processes
+        )
+
+    def _rollback(self, dry_run: bool) -> None:
+        ref = self._ref()
+        live = live_processes(self.backend)
+        chosen = {identity(i) for i in select(list(live.values()), self.request.names, self.request.pids)}
+        for record_file in self.journal.applies(ref.key):
+            touched = False
+            for record in record_file.processes:
+                if record.state != "applied":
+                    continue
+                key = (record.pid, record.start_time)
+                if key not in live:
+                    if not dry_run:
+                        self.journal.touch(record, "retired", "the process exited (or its PID was reused)")
+                        touched = True
+                    continue
+                if key not in chosen:
+                    continue
+                self.result.add(self._rollback_one(record_file, record, live[key], dry_run))
+            if touched:
+                self.journal.save(record_file)
+            if not dry_run and record_file.final:
+                self.journal.archive(record_file)
+            if not dry_run:
+                self.result.journal = record_file.path
+
+    def _rollback_one(
+        self, record_file: ApplyJournal, record: ProcessRecord, info: ProcessInfo, dry_run: bool
+    ) -> ProcessResult:
+        try:
+            handle = self.backend.open(record.pid)
+        except EngineError as exc:
+            proc = ProcessResult(record.pid, record.name, record.start_time, record.windows_pid, result="failed")
+            proc.reason = f"cannot open the process: {exc}"
+            return proc
+        try:
+            module = _module_at(record)
+            target = Target(info, handle, module)
+            return RollbackTransaction(target, self.journal, record_file, record, self.options, dry_run).run()
+        finally:
+            handle.close()
+
+    def _report_journal(self) -> None:
+        live = None
+        for record_file in self.journal.applies():
+            for record in record_file.processes:
+                if record.final:
+                    continue
+                if live is None:
+                    live = live_processes(self.backend)
+                self.result.applied.append(
+                    {
+                        "package": record_file.package.id,
+                        "version": record_file.package.version,
+                        "module": record_file.package.module,
+                        "key": record_file.package.key,
+                        "pid": record.pid,
+                        "windows_pid": record.windows_pid,
+                        "name": record.name,
+                        "start_time": record.start_time,
+                        "state": record.state,
+                        "alive": (record.pid, record.start_time) in live,
+                        "blob_address": record.blob_address,
+                        "journal": record_file.path,
+                    }
+                )
+        for stage in self.journal.stages():
+            if not stage.final:
+                self.result.staged.append(
+                    {
+                        "package": stage.package.id,
+                        "version": stage.package.version,
+                        "path": stage.module_path,
+                        "backup": stage.backup,
+                        "sha256_before": stage.sha256_before,
+                        "sha256_after": stage.sha256_after,
+                        "state": stage.state,
+                        "journal": stage.path,
+                    }
+                )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with HostLock(self.request.state_dir, self.request.lock_timeout_s):
+            self.result.recovered = recover(self.backend, self.journal, self.options)
+            if any(a["from"] != a["to"] for a in self.result.recovered):
+                self.result.changed = True
+            yield
+
+    @contextlib.contextmanager
+    def _targets(self, module: str) -> Iterator[List[Target]]:
+        targets, reasons = discover(self.backend, module, self.request.names, self.request.pids)
+        self.result.reasons.extend(reasons)
+        try:
+            yield targets
+        finally:
+            for target in targets:
+                target.handle.close()
+
+    def _applied_index(self) -> Dict[Tuple[int, str], ProcessRecord]:
+        index = {}
+        for record_file in self.journal.applies(self._ref().key):
+            for record in record_file.processes:
+                if record.state == "applied":
+                    index[(record.pid, record.start_time)] = record
+        return index
+
+    def _module_path(self) -> str:
+        if self.request.module_path:
+            return self.request.module_path
+        paths = set()
+        with self._targets(self._package().manifest.module) as targets:
+            paths = {target.module.path for target in targets}
+        if len(paths) == 1:
+            return paths.pop()
+        raise RequestError(
+            "give module_path: "
+            + ("no running process loads the module" if not paths else f"processes load it from {sorted(paths)}")
+        )
+
+    def _load_package(self) -> None:
+        assert self.request.package is not None
+        package = read_package(self.request.package)
+        check_trust(package, self.request.allow_unsigned, self.request.trusted_keys)
+        manifest = package.manifest
+        self.package = package
+        self.ref = PackageRef(
+            manifest.package_id,
+            manifest.version,
+            manifest.module,
+            hashlib.sha256(package.manifest_bytes).hexdigest(),
+            package.sha256,
+        )
+        self.result.package = {
+            "id": manifest.package_id,
+            "version": manifest.version,
+            "module": manifest.module,
+            "sha256": package.sha256,
+            "key": self.ref.key,
+            "hotpatchable": manifest.hotpatchable,
+            "functions": [f.name for f in manifest.functions],
+        }
+
+    def _package(self) -> Package:
+        if self.package is None:
+            raise RequestError(f"verb {self.request.verb} needs 'package'")
+        return self.package
+
+    def _ref(self) -> PackageRef:
+        self._package()
+        assert self.ref is not None
+        return self.ref
+
+
+def _process_result(target: Target, result: str) -> ProcessResult:
+    info = target.info
+    return ProcessResult(
+        info.pid, info.name, info.start_time, info.windows_pid, result=result, module_base=target.module.base
+    )
+
+
+def _module_at(record: ProcessRecord) -> ModuleInfo:
+    return ModuleInfo(os.path.basename(record.module_path), record.module_path, record.module_base, 0)
