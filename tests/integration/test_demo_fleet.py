@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,8 +117,6 @@ def test_inventory_describes_every_host_for_the_local_wine_platform(fleet: Fleet
 
 
 def test_fleet_cli_from_the_inventory_drives_this_fleet(fleet: Fleet) -> None:
-    import subprocess
-
     cli = yaml.safe_load(fleet.inventory_path.read_text())["all"]["children"]["demo_fleet"]["hosts"]["demo-host-2"][
         "demo_fleet_cli"
     ]
@@ -125,6 +124,12 @@ def test_fleet_cli_from_the_inventory_drives_this_fleet(fleet: Fleet) -> None:
     assert (out.returncode, out.stdout.strip()) == (0, "banana")
     status = json.loads(subprocess.run([cli, "status"], capture_output=True, text=True, timeout=30).stdout)
     assert status["root"] == str(fleet.root)
+    # As Ansible's command module runs it: output captured through pipes the relaunched service must not hold.
+    old_pid = service_pid(fleet, "demo-host-2")
+    out = subprocess.run([cli, "restart", "demo-host-2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pid"] == service_pid(fleet, "demo-host-2") != old_pid
+    assert fleet.request("demo-host-2", "PING") == "PONG"
 
 
 def test_up_again_changes_nothing(fleet: Fleet) -> None:
