@@ -1,0 +1,120 @@
+"""Filter ``rebootless.windows.hotpatch_decide``: hotpatch, cold path or skip for one host, with the reason.
+
+Inputs are what the role already holds: the host's ``ansible_facts.hotpatch`` (win_hotpatch_facts), the result of
+``win_hotpatch`` run in check mode (the engine's ``plan`` verb), and the policy. The decision table, first match wins:
+
+====  =====================================================================  ========  ==========================
+row   condition                                                              decision  reason starts with
+====  =====================================================================  ========  ==========================
+1     the plan failed as a whole (package/signature/image rejected, lock)    fail      ``plan failed``
+2     every matching process already runs this package's code                skip      ``already applied``
+3     the package is staged on disk and no process still runs the base code  skip      ``cold patch in place``
+4     policy ``hotpatch_force_cold``                                         cold      ``policy``
+5     an earlier run rolled this package back on this host (marker), unless  cold      ``rolled back here``
+      ``hotpatch_retry_rolled_back``
+6     package cold-only, or the engine says a restart is needed (base        cold      the engine's reasons
+      image mismatch, refusal)
+7     no running process loads the module                                    cold      ``no running process``
+8     otherwise                                                              hotpatch  ``N process(es)``
+====  =====================================================================  ========  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Decision", "decide", "hotpatch_decide"]
+
+_HOTPATCHABLE_RESULTS = {"would_patch", "patched"}
+_DONE_RESULTS = {"already_patched", "patched"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``action`` is hotpatch | cold | skip | fail; ``row`` is the table row that matched (for the report)."""
+
+    action: str
+    reason: str
+    row: int
+
+
+def _package_key(package: Any) -> tuple[str, str]:
+    if not isinstance(package, dict):
+        return ("", "")
+    return (str(package.get("id") or ""), str(package.get("sha256") or ""))
+
+
+def _listed(packages: Any, key: tuple[str, str]) -> bool:
+    """True when ``key`` (id, sha256) is among ``packages`` (list of mappings or ids); sha256 wins when both known."""
+    if not key[0] and not key[1]:
+        return False
+    for entry in packages or []:
+        ident, sha = _package_key(entry) if isinstance(entry, dict) else (str(entry), "")
+        if key[1] and sha:
+            if sha == key[1]:
+                return True
+        elif key[0] and ident == key[0]:
+            return True
+    return False
+
+
+def decide(
+    facts: dict[str, Any] | None,
+    plan: dict[str, Any] | None,
+    force_cold: bool = False,
+    marker: dict[str, Any] | None = None,
+    retry_rolled_back: bool = False,
+) -> Decision:
+    """Apply the module's decision table to one host's facts, check-mode plan and rollback marker.
+
+    ``marker`` is the JSON the role leaves on a host after rolling this package back ({package, reason, at}).
+    """
+    facts = facts or {}
+    plan = plan or {}
+    reasons = [str(r) for r in plan.get("reasons") or [] if r]
+    if plan.get("failed"):
+        message = plan.get("msg") or "; ".join(reasons) or "no message"
+        return Decision("fail", f"plan failed: {message}", 1)
+    processes = [p for p in plan.get("processes") or [] if isinstance(p, dict)]
+    results = [str(p.get("result") or "") for p in processes]
+    key = _package_key(plan.get("package"))
+    if processes and all(r == "already_patched" for r in results):
+        return Decision("skip", f"already applied in {len(processes)} process(es)", 2)
+    staged = _listed(facts.get("staged") or facts.get("staged_packages"), key)
+    if staged and not any(
+        p.get("code_before") == "base" or p.get("result") in _HOTPATCHABLE_RESULTS for p in processes
+    ):
+        return Decision(
+            "skip", "cold patch in place: the patched module is staged and no process runs the base code", 3
+        )
+    if force_cold:
+        return Decision("cold", "policy: hotpatch_force_cold is set", 4)
+    if marker and not retry_rolled_back:
+        why = str(marker.get("reason") or "post-health failed")
+        when = f" at {marker['at']}" if marker.get("at") else ""
+        return Decision("cold", f"rolled back here{when} ({why}); set hotpatch_retry_rolled_back to try again", 5)
+    package = plan.get("package") if isinstance(plan.get("package"), dict) else {}
+    if package.get("hotpatchable") is False:
+        return Decision("cold", "package is cold-only: " + ("; ".join(reasons) or "the builder refused a hotpatch"), 6)
+    if plan.get("cold_patch_required"):
+        return Decision("cold", "; ".join(reasons) or "the engine requires a restart for this host", 6)
+    if not processes:
+        return Decision("cold", "no running process loads the module: stage the patched module on disk", 7)
+    would = sum(1 for r in results if r in _HOTPATCHABLE_RESULTS)
+    done = sum(1 for r in results if r in _DONE_RESULTS)
+    return Decision("hotpatch", f"{would} process(es) to hotpatch, {done} already patched", 8)
+
+
+def hotpatch_decide(plan: Any, facts: Any = None, force_cold: bool = False) -> dict[str, Any]:
+    """Jinja entry: ``plan | rebootless.windows.hotpatch_decide(facts, force_cold)`` -> ``{action, reason, row}``."""
+    return asdict(
+        decide(facts if isinstance(facts, dict) else None, plan if isinstance(plan, dict) else None, bool(force_cold))
+    )
+
+
+class FilterModule:
+    """Ansible entry point."""
+
+    def filters(self) -> dict[str, Any]:
+        return {"hotpatch_decide": hotpatch_decide}
