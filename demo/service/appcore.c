@@ -5,7 +5,8 @@
  *                the item table, so GET 5..7 return the API keys stored right after the items (a real leak that
  *                never crashes).
  *   v2           -DAPPCORE_V2: the fix (bounds check on the item table) and a new version string. Only the
- *                bodies of appcore_get_item() and appcore_version() differ, so v1 -> v2 is a hotpatch.
+ *                code of appcore_get_item() and appcore_version() differs (data is identical), so v1 -> v2 is
+ *                a hotpatch.
  *   v1-mismatch  v1 behaviour, another APPCORE_BUILD_ID: a different base image, so a v1 -> v2 package must
  *                refuse it.
  *
@@ -39,13 +40,16 @@ static const struct catalog g_catalog = {
     {"APIKEY-7f3a9c1e-prod-billing", "APIKEY-52d0b8aa-prod-ledger", "APIKEY-c41e77f0-prod-admin"},
 };
 
+/* Every version string is in every build (this table keeps them), so v1 and v2 have the same read-only data
+ * and differ only in which one appcore_version's code points at: a hotpatch changes the VERSION answer. */
+static const char g_version_strings[2][16] = {"appcore 1.0.0", "appcore 1.0.1"};
+
 HOTPATCHABLE const char *appcore_version(void)
 {
-    /* Same length in both builds keeps every other constant at the same RVA. */
 #ifdef APPCORE_V2
-    return "appcore 1.0.1";
+    return g_version_strings[1];
 #else
-    return "appcore 1.0.0";
+    return g_version_strings[0];
 #endif
 }
 
