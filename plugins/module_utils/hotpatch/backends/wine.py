@@ -1,0 +1,512 @@
+"""The Wine backend: Windows programs hosted by 64-bit Wine on Linux, patched with ptrace and /proc/PID/mem.
+
+A Wine process is one Linux process; its threads are the tasks in /proc/PID/task. Memory is read and written
+through /proc/PID/mem (root may write r-x pages; writes are plain copies, so callers quiesce first).
+Executable memory near a module comes from a remote ``mmap`` system call with MAP_FIXED_NOREPLACE run on a
+stopped thread; RtlAddFunctionTable / RtlDeleteFunctionTable run inside the target through a remote call.
+
+Thread affinity: ptrace binds a stopped task to the tracer *thread*. Use one handle from one thread only
+(quiesce, resume, allocate_near, protect, free and the function-table calls all use ptrace).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence
+
+from ..errors import BackendError
+from . import _procfs
+from ._procfs import Mapping
+from ._remote import remote_call, remote_syscall
+from ._stop import StoppedProcess, StoppedTask, stop_all
+from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
+
+__all__ = ["Allocation", "WineBackend", "WineProcess", "WineQuiesced"]
+
+PAGE = 0x1000
+GRANULARITY = 0x10000  # Windows allocation granularity: blobs start where VirtualAlloc could have put them
+STACK_WINDOW = 0x10000  # bytes of each stack scanned for return addresses (activeness check)
+MACHINE_AMD64 = 0x8664
+
+SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP = 9, 10, 11
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x02, 0x20, 0x100000
+_PROT_BITS = {
+    PROT_RX: PROT_READ | PROT_EXEC,
+    PROT_RW: PROT_READ | PROT_WRITE,
+    PROT_RWX: PROT_READ | PROT_WRITE | PROT_EXEC,
+}
+
+# Wine 8 x86-64 TEB layout (gs base = TEB): NT_TIB StackBase/StackLimit, and the thread's syscall frame,
+# whose +0x88 holds the Windows-side rsp while the thread runs Unix-side code (seen in
+# __wine_syscall_dispatcher: `mov %gs:0x328,%rcx` ... `mov %rsp,0x88(%rcx)`).
+TEB_STACK_BASE, TEB_STACK_LIMIT, TEB_SYSCALL_FRAME, FRAME_RSP = 0x08, 0x10, 0x328, 0x88
+_WINE_PE_DIR = "-windows/"  # Wine's own PE DLLs live in .../wine/x86_64-windows/
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Memory this backend put into a target: [address, address + size), and how (so free() undoes it)."""
+
+    address: int
+    size: int
+    method: str = "mmap"
+
+
+def _page_up(value: int, unit: int = PAGE) -> int:
+    return (value + unit - 1) & ~(unit - 1)
+
+
+def _pe_name(path: str) -> str:
+    return re.split(r"[\\/]", path)[-1]
+
+
+class WineQuiesced:
+    """Every thread of a Wine process stopped by ptrace; ``resume`` detaches them all and returns the pause (µs)."""
+
+    def __init__(self, owner: WineProcess, stopped: StoppedProcess, threads: Sequence[ThreadState]) -> None:
+        self._owner = owner
+        self.stopped = stopped
+        self.threads = list(threads)
+        self.pause_started_ns = stopped.started_ns
+
+    def resume(self) -> int:
+        if self._owner._quiesced is self:
+            self._owner._quiesced = None
+        return self.stopped.release()
+
+
+class WineProcess:
+    """An open Wine process (see ProcessHandle in base.py for each method's contract)."""
+
+    def __init__(self, info: ProcessInfo) -> None:
+        self.info = info
+        self._pid = info.pid
+        try:
+            self._mem = os.open(f"/proc/{info.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise BackendError(f"process {info.pid} is gone") from exc
+        except PermissionError as exc:
+            raise BackendError(f"cannot open the memory of process {info.pid}: run the engine as root") from exc
+        self._allocations: Dict[int, Allocation] = {}
+        self._quiesced: Optional[WineQuiesced] = None
+        self._exports: Dict[str, int] = {}
+        self._syscall_gadget = 0
+        self._trap_gadget = 0
+
+    # -- context manager -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> WineProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detach any threads still stopped (a tracer must never leave a process stopped), close /proc/PID/mem."""
+        if self._quiesced is not None:
+            self._quiesced.resume()
+        if self._mem >= 0:
+            os.close(self._mem)
+            self._mem = -1
+
+    # -- identity and refusal ----------------------------------------------------------------------------------
+
+    def _maps(self) -> List[Mapping]:
+        try:
+            return _procfs.read_maps(self._pid)
+        except OSError as exc:
+            raise BackendError(f"process {self._pid} is gone") from exc
+
+    def refusal(self) -> Optional[str]:
+        """None for a 64-bit Wine process; a reason for 32-bit (i386 loader or WOW64 exe) or non-Wine ones."""
+        try:
+            if not _procfs.exe_is_64bit(self._pid):
+                return (
+                    f"{self.info.name} runs under the 32-bit Wine loader (x86 code): only x64 processes can be "
+                    "hotpatched until x86 support lands; use the cold path"
+                )
+        except OSError:
+            return f"process {self._pid} is gone"
+        modules = self.modules()
+        if not any(m.name.lower() == "ntdll.dll" for m in modules):
+            return f"process {self._pid} ({self.info.name}) has no Wine ntdll.dll mapped: not a Wine process"
+        exe = self._main_module(modules)
+        if exe is not None:
+            machine = self._machine(exe.base)
+            if machine != MACHINE_AMD64:
+                return (
+                    f"{exe.name} is a machine {machine:#06x} image (WOW64): only x64 (0x8664) processes can be "
+                    "hotpatched until x86 support lands; use the cold path"
+                )
+        return None
+
+    def _main_module(self, modules: List[ModuleInfo]) -> Optional[ModuleInfo]:
+        name = self.info.name.lower()
+        exes = [m for m in modules if m.name.lower().endswith(".exe")]
+        for module in exes:
+            if module.name.lower() == name:
+                return module
+        return exes[0] if exes else None
+
+    def _machine(self, base: int) -> int:
+        e_lfanew = struct.unpack("<I", self.read(base + 0x3C, 4))[0]
+        return int(struct.unpack("<H", self.read(base + e_lfanew + 4, 2))[0])
+
+    # -- modules and memory ------------------------------------------------------------------------------------
+
+    def modules(self) -> List[ModuleInfo]:
+        """PE modules: every file mapping at file offset 0 whose first bytes are "MZ" and carry a PE header.
+        ``base`` is that mapping's start (Wine shows the path only on the header page), ``size`` the
+        SizeOfImage read from the header in memory."""
+        out: List[ModuleInfo] = []
+        seen = set()
+        for mapping in self._maps():
+            if mapping.offset != 0 or not mapping.path.startswith("/") or mapping.start in seen:
+                continue
+            if not mapping.readable or mapping.perms[3] != "p":
+                continue
+            try:
+                header = os.pread(self._mem, 0x40, mapping.start)
+                if header[:2] != b"MZ":
+                    continue
+                e_lfanew = struct.unpack_from("<I", header, 0x3C)[0]
+                nt = os.pread(self._mem, 0x58, mapping.start + e_lfanew)
+            except OSError:
+                continue
+            if nt[:4] != b"PE\0\0" or len(nt) < 0x58:
+                continue
+            size = struct.unpack_from("<I", nt, 24 + 56)[0]  # OptionalHeader.SizeOfImage (PE32 and PE32+)
+            seen.add(mapping.start)
+            out.append(ModuleInfo(_pe_name(mapping.path), mapping.path, mapping.start, size))
+        return out
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            data = os.pread(self._mem, size, address)
+        except OSError:
+            data = b""  # EIO: the first page is unmapped, or the process is gone
+        if len(data) != size:
+            raise BackendError(
+                f"cannot read {size} bytes at {address:#x} in process {self._pid}: unmapped memory, or the "
+                "process is gone"
+            )
+        return data
+
+    def write(self, address: int, data: bytes) -> None:
+        try:
+            done = os.pwrite(self._mem, data, address)
+        except OSError as exc:
+            raise BackendError(f"cannot write {len(data)} bytes at {address:#x} in process {self._pid}: {exc}") from exc
+        if done != len(data):
+            raise BackendError(f"short write at {address:#x} in process {self._pid}: {done} of {len(data)} bytes")
+
+    # -- stopped threads -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _stopped(self) -> Iterator[StoppedProcess]:
+        """The current quiesce, or a brief one of our own for a single operation."""
+        if self._quiesced is not None:
+            yield self._quiesced.stopped
+            return
+        stopped = stop_all(self._pid)
+        try:
+            yield stopped
+        finally:
+            stopped.release()
+
+    def quiesce(self, with_stacks: bool = False) -> WineQuiesced:
+        """Stop every thread (PTRACE_SEIZE + PTRACE_INTERRUPT, re-listing tasks until none is new). Raises
+        BackendError when the process is gone, ptrace is refused or a thread does not stop; then nothing is
+        left attached."""
+        if self._quiesced is not None:
+            raise BackendError(f"process {self._pid} is already quiesced by this handle: resume it first")
+        stopped = stop_all(self._pid)
+        try:
+            if with_stacks:
+                maps = self._maps()
+                threads = [self._thread_state(task, maps) for task in stopped.tasks.values()]
+            else:
+                threads = [ThreadState(t.tid, t.regs.rip, t.regs.rsp) for t in stopped.tasks.values()]
+        except BaseException:
+            stopped.release()
+            raise
+        self._quiesced = WineQuiesced(self, stopped, threads)
+        return self._quiesced
+
+    def _thread_state(self, task: StoppedTask, maps: List[Mapping]) -> ThreadState:
+        """Return-address candidates: 8-byte-aligned values pointing into executable mappings, from a window
+        above rsp and, when the thread is in Wine's Unix-side code, above its Windows-side rsp too."""
+        exec_ranges = [(m.start, m.end) for m in maps if m.executable]
+        starts = [r[0] for r in exec_ranges]
+        low = exec_ranges[0][0] if exec_ranges else 0
+        high = exec_ranges[-1][1] if exec_ranges else 0
+        windows = [task.regs.rsp]
+        teb = task.regs.gs_base
+        if teb:
+            with contextlib.suppress(BackendError):
+                base, limit = struct.unpack("<QQ", self.read(teb + TEB_STACK_BASE, 16))
+                if limit <= base and not limit <= task.regs.rsp < base:
+                    frame = struct.unpack("<Q", self.read(teb + TEB_SYSCALL_FRAME, 8))[0]
+                    pe_rsp = struct.unpack("<Q", self.read(frame + FRAME_RSP, 8))[0] if frame else 0
+                    if limit <= pe_rsp < base:
+                        windows.append(pe_rsp)
+        found: List[int] = []
+        for rsp in windows:
+            mapping = _procfs.find_mapping(maps, rsp)
+            if mapping is None:
+                continue
+            start = rsp & ~7
+            data = self.read(start, min(STACK_WINDOW, mapping.end - start))
+            values = struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8])
+            for value in values:
+                if low <= value < high:
+                    index = bisect.bisect_right(starts, value) - 1
+                    if index >= 0 and value < exec_ranges[index][1]:
+                        found.append(value)
+        return ThreadState(task.tid, task.regs.rip, task.regs.rsp, tuple(dict.fromkeys(found)))
+
+    # -- gadgets and remote work ----------------------------------------------------------------------------------
+
+    def _find_bytes(self, pattern: bytes, prefer: Sequence[str]) -> int:
+        """Address of ``pattern`` in an executable mapping, trying mappings whose path contains a ``prefer``
+        entry first (an existing instruction we can borrow instead of writing code)."""
+        maps = [m for m in self._maps() if m.executable and m.readable]
+        ordered = sorted(maps, key=lambda m: next((i for i, p in enumerate(prefer) if p in m.path), len(prefer)))
+        for mapping in ordered:
+            address = mapping.start
+            while address < mapping.end:
+                chunk = min(0x10000, mapping.end - address)
+                try:
+                    data = os.pread(self._mem, chunk + len(pattern) - 1, address)
+                except OSError:
+                    break
+                index = data.find(pattern)
+                if index >= 0 and address + index + len(pattern) <= mapping.end:
+                    return address + index
+                address += chunk
+        raise BackendError(f"process {self._pid}: no executable {pattern.hex()} found to borrow")
+
+    def _syscall(self, stopped: StoppedProcess, number: int, args: Sequence[int]) -> int:
+        if not self._syscall_gadget:
+            self._syscall_gadget = self._find_bytes(b"\x0f\x05", ("libc.so", "ntdll.so"))
+        task = self._pick_task(stopped, for_call=False)
+        return remote_syscall(stopped, task, self._syscall_gadget, number, args)
+
+    def _pick_task(self, stopped: StoppedProcess, for_call: bool) -> StoppedTask:
+        """A task we may borrow. Tasks holding a signal are never used (their stop must stay as found). For a
+        call into Windows code, prefer one stopped in the program's own code (a nested NT system call is safe
+        there, and it holds no ntdll lock), then one blocked in a Linux system call (what was measured to work:
+        safe while the called function makes no NT system call), then any."""
+        usable = [t for t in stopped.tasks.values() if not t.held_signal]
+        if not usable:
+            raise BackendError(f"process {self._pid}: every thread is stopped on a pending signal; try again")
+        if not for_call:
+            return usable[0]
+        own = [
+            (m.base, m.base + m.size)
+            for m in self.modules()
+            if _WINE_PE_DIR not in m.path.replace("\\", "/") and m.name.lower() != "ntdll.dll"
+        ]
+
+        def rank(task: StoppedTask) -> int:
+            if not task.in_syscall and any(lo <= task.regs.rip < hi for lo, hi in own):
+                return 0
+            return 1 if task.in_syscall else 2
+
+        return sorted(usable, key=rank)[0]
+
+    def _export(self, dll: str, name: str) -> int:
+        """VA of ``dll!name`` parsed from the export directory of the module in memory (cached)."""
+        key = f"{dll}!{name}".lower()
+        if key in self._exports:
+            return self._exports[key]
+        module = next((m for m in self.modules() if m.name.lower() == dll.lower()), None)
+        if module is None:
+            raise BackendError(f"process {self._pid}: {dll} is not loaded")
+        e_lfanew = struct.unpack("<I", self.read(module.base + 0x3C, 4))[0]
+        export_rva, export_size = struct.unpack("<II", self.read(module.base + e_lfanew + 24 + 112, 8))
+        directory = self.read(module.base + export_rva, 40)
+        count_names, functions_rva, names_rva, ordinals_rva = struct.unpack_from("<IIII", directory, 24)
+        names = struct.unpack(f"<{count_names}I", self.read(module.base + names_rva, 4 * count_names))
+        ordinals = struct.unpack(f"<{count_names}H", self.read(module.base + ordinals_rva, 2 * count_names))
+        wanted = name.encode()
+        for index, name_rva in enumerate(names):
+            if self.read(module.base + name_rva, len(wanted) + 1) == wanted + b"\0":
+                rva = int(struct.unpack("<I", self.read(module.base + functions_rva + 4 * ordinals[index], 4))[0])
+                if export_rva <= rva < export_rva + export_size:
+                    raise BackendError(f"{dll}!{name} is a forwarder; cannot call it")
+                self._exports[key] = module.base + rva
+                return module.base + rva
+        raise BackendError(f"process {self._pid}: {dll} exports no {name}")
+
+    def _call(self, function: int, args: Sequence[int]) -> int:
+        if not self._trap_gadget:
+            self._trap_gadget = self._find_bytes(b"\xcc", ("ntdll.dll", "ntdll.so"))
+        with self._stopped() as stopped:
+            task = self._pick_task(stopped, for_call=True)
+            return remote_call(stopped, task, function, args, self._trap_gadget, self.write)
+
+    # -- allocation ---------------------------------------------------------------------------------------------
+
+    def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
+        """Map ``size`` bytes read-write at the lowest 64 KiB-aligned free address in [base, base + span - size]
+        by a remote mmap(MAP_FIXED_NOREPLACE) on a stopped thread. Wine's own bookkeeping does not know this
+        region (VirtualQuery reports it free); free() removes it. Raises BackendError when no gap is free."""
+        length = _page_up(max(size, 1))
+        high = base + span
+        candidates: List[int] = []
+        for lo, hi in _procfs.free_gaps(self._maps(), base, high):
+            address = _page_up(lo, GRANULARITY)
+            if address + length <= min(hi, high):
+                candidates.append(address)
+            if len(candidates) == 8:
+                break
+        if not candidates:
+            raise BackendError(
+                f"process {self._pid}: no free {length:#x}-byte gap within {span:#x} bytes above {base:#x}; "
+                "the patch cannot be staged near the module (restart the process to apply it cold)"
+            )
+        flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+        with self._stopped() as stopped:
+            for address in candidates:
+                result = self._syscall(stopped, SYS_MMAP, (address, length, PROT_READ | PROT_WRITE, flags, -1, 0))
+                if result == address:
+                    self._allocations[address] = Allocation(address, length, "mmap")
+                    return address
+                if result == -errno.EEXIST:  # mapped meanwhile: try the next gap
+                    continue
+                if result >= 0:  # a kernel without MAP_FIXED_NOREPLACE took it as a hint
+                    self._syscall(stopped, SYS_MUNMAP, (result, length))
+                    raise BackendError(f"process {self._pid}: the kernel ignored MAP_FIXED_NOREPLACE (needs 4.17+)")
+                raise BackendError(f"process {self._pid}: remote mmap at {address:#x} failed: {os.strerror(-result)}")
+        raise BackendError(f"process {self._pid}: every free gap above {base:#x} was taken while allocating; retry")
+
+    def protect(self, address: int, size: int, protection: str) -> None:
+        """Remote mprotect of the pages covering [address, address + size) to "rx", "rw" or "rwx"."""
+        if protection not in _PROT_BITS:
+            raise BackendError(f"unknown protection {protection!r}: use 'rx', 'rw' or 'rwx'")
+        start = address & ~(PAGE - 1)
+        length = _page_up(address + size) - start
+        with self._stopped() as stopped:
+            result = self._syscall(stopped, SYS_MPROTECT, (start, length, _PROT_BITS[protection]))
+        if result != 0:
+            raise BackendError(f"process {self._pid}: mprotect {start:#x}+{length:#x} failed: {os.strerror(-result)}")
+
+    def free(self, address: int, size: int) -> None:
+        """Unmap memory from ``allocate_near`` (also one journaled by an earlier engine run: then it must cover
+        only anonymous private memory, so no image or file mapping can be unmapped by mistake)."""
+        allocation = self._allocations.get(address)
+        length = allocation.size if allocation is not None else _page_up(size)
+        if allocation is None and not _anonymous(self._maps(), address, length):
+            raise BackendError(
+                f"process {self._pid}: {address:#x}+{length:#x} is not anonymous memory an engine allocated; "
+                "nothing was freed"
+            )
+        with self._stopped() as stopped:
+            result = self._syscall(stopped, SYS_MUNMAP, (address, length))
+        if result != 0:
+            raise BackendError(f"process {self._pid}: munmap {address:#x} failed: {os.strerror(-result)}")
+        self._allocations.pop(address, None)
+
+    @property
+    def allocations(self) -> List[Allocation]:
+        """What this handle allocated and has not freed (for the journal)."""
+        return list(self._allocations.values())
+
+    # -- unwind information, CFG, caches ------------------------------------------------------------------------
+
+    def add_function_table(self, table: int, count: int, base: int) -> None:
+        """RtlAddFunctionTable(table, count, base) run inside the target (ntdll of Wine keeps the pointer: the
+        table must stay mapped until delete_function_table). Raises BackendError when it returns FALSE."""
+        result = self._call(self._export("ntdll.dll", "RtlAddFunctionTable"), (table, count, base))
+        if result & 0xFF == 0:
+            raise BackendError(f"process {self._pid}: RtlAddFunctionTable({table:#x}, {count}) returned FALSE")
+
+    def delete_function_table(self, table: int) -> None:
+        """RtlDeleteFunctionTable(table) run inside the target; BackendError when the table was not registered."""
+        result = self._call(self._export("ntdll.dll", "RtlDeleteFunctionTable"), (table,))
+        if result & 0xFF == 0:
+            raise BackendError(f"process {self._pid}: RtlDeleteFunctionTable({table:#x}) found no such table")
+
+    def set_valid_call_targets(self, addresses: Sequence[int]) -> None:
+        """No-op: Wine does not enforce Control Flow Guard (its CFG bitmap is never checked)."""
+
+    def flush_instruction_cache(self, address: int, size: int) -> None:
+        """No-op: x86 keeps instruction fetch coherent with stores, and every patched thread is stopped while we
+        write; resuming it from ptrace goes through the kernel's return to user mode, which serializes."""
+
+
+def _anonymous(maps: List[Mapping], address: int, length: int) -> bool:
+    """[address, address + length) is page-aligned and wholly covered by anonymous private mappings (the kernel
+    may have merged our region with a neighbour of the same protection, so one mapping need not start there)."""
+    if address % PAGE or length <= 0:
+        return False
+    cursor = address
+    for mapping in maps:
+        if mapping.end <= cursor or mapping.start >= address + length:
+            continue
+        if mapping.start > cursor or mapping.path or mapping.perms[3] != "p":
+            return False
+        cursor = mapping.end
+    return cursor >= address + length
+
+
+class WineBackend:
+    """Every 64-bit or 32-bit Wine process on this Linux host (the wineserver itself is not one)."""
+
+    name = "wine"
+
+    def processes(self) -> List[ProcessInfo]:
+        out: List[ProcessInfo] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            info = _describe(int(entry))
+            if info is not None:
+                out.append(info)
+        return sorted(out, key=lambda p: p.pid)
+
+    def open(self, pid: int) -> WineProcess:
+        info = _describe(pid)
+        if info is None:
+            raise BackendError(f"process {pid} is gone or is not a Wine process")
+        return WineProcess(info)
+
+
+def _describe(pid: int) -> Optional[ProcessInfo]:
+    """ProcessInfo of a Wine-hosted Windows process, None for anything else (or a process gone meanwhile)."""
+    try:
+        loader = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        if not loader.startswith("wine") or loader.startswith("wineserver"):
+            return None
+        with open(f"/proc/{pid}/comm") as handle:
+            comm = handle.read().rstrip("\n")
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv0 = handle.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+        ticks = _procfs.start_ticks(pid)
+    except OSError:
+        return None
+    name = _pe_name(argv0)
+    if not name or name[:15] != comm[:15]:  # argv rewritten or truncated comm: ask the maps for the .exe
+        name = _exe_from_maps(pid, comm) or comm
+    return ProcessInfo(pid=pid, name=name, start_time=f"{_procfs.boot_id()}:{ticks}", windows_pid=None)
+
+
+def _exe_from_maps(pid: int, comm: str) -> Optional[str]:
+    try:
+        maps = _procfs.read_maps(pid)
+    except OSError:
+        return None
+    for mapping in maps:
+        if mapping.offset == 0 and mapping.path.lower().endswith(".exe"):
+            name = _pe_name(mapping.path)
+            if name[:15] == comm[:15]:
+                return name
+    return None

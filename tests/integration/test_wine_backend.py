@@ -1,0 +1,564 @@
+"""The Wine backend against real Windows programs under Wine: quiesce, memory, allocation, remote calls, errors.
+
+The target is built here from source with mingw-w64: ``hp.dll`` exports ``compute`` (hotpatchable entry:
+ms_hook_prologue, 32 bytes of CC padding before an 8-byte first instruction) and ``guarded``; the exe runs N
+threads calling ``compute`` in a loop and counting each result as old (2x+1), new (3x+7) or bad, and answers a
+line protocol on stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _ptrace, _remote, _stop
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.wine import (
+    WineBackend,
+    WineProcess,
+)
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError
+
+pytestmark = [pytest.mark.wine]
+
+REPO = Path(__file__).resolve().parents[2]
+WINE64 = Path("/usr/lib/wine/wine64")
+PREFIX = REPO / ".cache" / "wineprefix-wine-backend"
+EXE_NAME = "hotpatch_busy_target.exe"  # longer than the 15 characters of /proc/PID/comm
+
+DLL_SOURCE = r"""
+#define HOTPATCH __attribute__((ms_hook_prologue, noipa))
+__declspec(dllexport) HOTPATCH long long compute(long long x) { return x * 2 + 1; }
+__declspec(dllexport) HOTPATCH long long guarded(long long x) { return x; }
+"""
+
+EXE_SOURCE = r"""
+#include <windows.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+typedef long long (*fn_t)(long long);
+static fn_t compute, guarded;
+struct alignas(64) Counts { volatile LONG64 calls, old_, new_, bad; };
+extern "C" __declspec(dllexport) Counts counts[128];
+Counts counts[128];
+static int nthreads;
+extern "C" __declspec(dllexport) __attribute__((noinline)) long long thrower(long long x) {
+    throw (int)(x + 1000);
+}
+static DWORD WINAPI worker(LPVOID p) {
+    Counts *c = &counts[(INT_PTR)p];
+    for (;;) {
+        long long x = c->calls & 0xffff;
+        long long r = compute(x);
+        if (r == x * 2 + 1) c->old_ = c->old_ + 1;
+        else if (r == x * 3 + 7) c->new_ = c->new_ + 1;
+        else c->bad = c->bad + 1;
+        c->calls = c->calls + 1;
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    HMODULE h = LoadLibraryA("hp.dll");
+    compute = (fn_t)GetProcAddress(h, "compute");
+    guarded = (fn_t)GetProcAddress(h, "guarded");
+    nthreads = argc > 1 ? atoi(argv[1]) : 4;
+    for (int i = 0; i < nthreads; i++) CreateThread(NULL, 0, worker, (LPVOID)(INT_PTR)i, 0, NULL);
+    printf("ready %p\n", (void *)thrower);
+    fflush(stdout);
+    char line[256];
+    while (fgets(line, sizeof line, stdin)) {
+        if (!strncmp(line, "stats", 5)) {
+            long long calls = 0, o = 0, n = 0, b = 0;
+            for (int i = 0; i < nthreads; i++) {
+                calls += counts[i].calls; o += counts[i].old_; n += counts[i].new_; b += counts[i].bad;
+            }
+            printf("%lld %lld %lld %lld\n", calls, o, n, b);
+        } else if (!strncmp(line, "call ", 5)) {
+            printf("%lld\n", compute(atoll(line + 5)));
+        } else if (!strncmp(line, "guard ", 6)) {
+            try { printf("returned %lld\n", guarded(atoll(line + 6))); }
+            catch (int e) { printf("caught %d\n", e); }
+        } else if (!strncmp(line, "lookup ", 7)) {
+            DWORD64 base = 0;
+            PRUNTIME_FUNCTION f = RtlLookupFunctionEntry(strtoull(line + 7, NULL, 16), &base, NULL);
+            if (f) printf("%llx %lx %lx\n", (unsigned long long)base, f->BeginAddress, f->EndAddress);
+            else printf("none\n");
+        } else if (!strncmp(line, "quit", 4)) {
+            break;
+        }
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+# Replacement for compute: lea rax, [rcx + rcx*2]; add rax, 7; ret  -> 3x + 7
+NEW_COMPUTE = bytes.fromhex("488d0449 4883c007 c3")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None or not WINE64.exists():
+        pytest.skip(f"{name} or {WINE64} missing: install gcc-mingw-w64-x86-64, g++-mingw-w64-x86-64, wine64")
+    return path
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wine-backend")
+    (out / "hp.c").write_text(DLL_SOURCE)
+    (out / "target.cpp").write_text(EXE_SOURCE)
+    gcc, gxx = _tool("x86_64-w64-mingw32-gcc"), _tool("x86_64-w64-mingw32-g++")
+    subprocess.run([gcc, "-O2", "-shared", "-o", str(out / "hp.dll"), str(out / "hp.c")], check=True)
+    subprocess.run(
+        [gxx, "-O2", "-static", "-o", str(out / EXE_NAME), str(out / "target.cpp")],
+        check=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Path:
+    if not (PREFIX / "system.reg").is_file():
+        PREFIX.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(WINE64), "wineboot", "--init"], env=_env(), check=True, capture_output=True, timeout=300)
+    return PREFIX
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    env.update({"WINEPREFIX": str(PREFIX), "WINEDEBUG": "-all", "WINEDLLOVERRIDES": "mscoree,mshtml="})
+    return env
+
+
+class Target:
+    """One running target process speaking the line protocol."""
+
+    def __init__(self, build: Path, threads: int) -> None:
+        self.proc = subprocess.Popen(
+            [str(WINE64), str(build / EXE_NAME), str(threads)],
+            cwd=build,
+            env=_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready = self.proc.stdout.readline().split()
+        assert ready and ready[0] == "ready", f"target did not start: {ready}"
+        self.thrower = int(ready[1], 16)
+        self.pid = self.proc.pid
+
+    def ask(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        assert answer, f"target died answering {line!r} (exit {self.proc.poll()})"
+        return answer
+
+    def stats(self) -> tuple[int, int, int, int]:
+        calls, old, new, bad = (int(v) for v in self.ask("stats").split())
+        return calls, old, new, bad
+
+    def wait_calls(self, more_than: int) -> tuple[int, int, int, int]:
+        """Ask until the workers made more than ``more_than`` calls (they run freely; no sleep needed)."""
+        while True:
+            stats = self.stats()
+            if stats[0] > more_than:
+                return stats
+
+    def tracers(self) -> set[int]:
+        found: set[int] = set()
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{tid}/status") as handle:
+                found.update(int(line.split()[1]) for line in handle if line.startswith("TracerPid:"))
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=20)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def target(build: Path, prefix: Path) -> Iterator[Target]:
+    t = Target(build, 4)
+    yield t
+    t.stop()
+
+
+@pytest.fixture
+def handle(target: Target) -> Iterator[WineProcess]:
+    h = WineBackend().open(target.pid)
+    yield h
+    h.close()
+    assert target.tracers() == {0}, "a task was left attached"
+
+
+def _module(handle: WineProcess, name: str) -> tuple[int, int]:
+    module = next(m for m in handle.modules() if m.name.lower() == name)
+    return module.base, module.size
+
+
+# -- discovery --------------------------------------------------------------------------------------------------
+
+
+def test_processes_lists_the_wine_process_by_full_exe_name_with_stable_identity(target: Target) -> None:
+    backend = WineBackend()
+    mine = [p for p in backend.processes() if p.pid == target.pid]
+    assert len(mine) == 1
+    assert mine[0].name == EXE_NAME
+    assert mine[0].windows_pid is None
+    again = backend.open(target.pid)
+    try:
+        assert again.info.start_time == mine[0].start_time
+        assert again.refusal() is None
+    finally:
+        again.close()
+
+
+def test_modules_have_the_header_page_as_base_and_size_of_image(handle: WineProcess) -> None:
+    modules = {m.name.lower(): m for m in handle.modules()}
+    assert {"ntdll.dll", "kernel32.dll", "hp.dll", EXE_NAME} <= set(modules)
+    hp = modules["hp.dll"]
+    assert handle.read(hp.base, 2) == b"MZ"
+    e_lfanew = struct.unpack("<I", handle.read(hp.base + 0x3C, 4))[0]
+    assert struct.unpack("<I", handle.read(hp.base + e_lfanew + 24 + 56, 4))[0] == hp.size
+    assert hp.path.endswith("/hp.dll")
+
+
+def test_read_of_unmapped_memory_is_a_backend_error(handle: WineProcess) -> None:
+    with pytest.raises(BackendError, match="unmapped"):
+        handle.read(0x10, 8)
+
+
+# -- quiesce ----------------------------------------------------------------------------------------------------
+
+
+def test_busy_process_survives_thousands_of_quiesce_and_resume(target: Target, handle: WineProcess) -> None:
+    before = target.wait_calls(0)
+    threads = 0
+    for _ in range(2000):
+        quiesced = handle.quiesce()
+        threads = len(quiesced.threads)
+        assert quiesced.resume() >= 0
+    assert threads >= 5  # main thread + 4 workers
+    after = target.wait_calls(before[0])
+    assert after[0] > before[0] and after[3] == 0
+
+
+def test_quiesce_stops_every_thread_until_resume(target: Target, handle: WineProcess) -> None:
+    counter = handle._export(EXE_NAME, "counts")  # counts[0].calls, bumped by the first worker on every call
+    target.wait_calls(0)
+    quiesced = handle.quiesce()
+    try:
+        assert {int(t) for t in os.listdir(f"/proc/{target.pid}/task")} == {t.tid for t in quiesced.threads}
+        assert all(_state(target.pid, t.tid) == "t" for t in quiesced.threads)
+        first = handle.read(counter, 8)
+        assert all(handle.read(counter, 8) == first for _ in range(1000))
+    finally:
+        quiesced.resume()
+    while handle.read(counter, 8) == first:
+        os.sched_yield()
+
+
+def _state(pid: int, tid: int) -> str:
+    with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+        text = handle.read()
+    return text[text.rindex(")") + 2]
+
+
+def test_stacks_hold_return_addresses_including_windows_side_of_blocked_threads(
+    target: Target, handle: WineProcess
+) -> None:
+    exe_base, exe_size = _module(handle, EXE_NAME.lower())
+    quiesced = handle.quiesce(with_stacks=True)
+    try:
+        threads = list(quiesced.threads)
+    finally:
+        quiesced.resume()
+    # The main thread blocks in fgets -> ReadFile -> Wine's Unix side: its rsp is on Wine's Unix stack, yet its
+    # return address into main() (on the Windows stack) must be found through the syscall frame.
+    main = next(t for t in threads if t.tid == target.pid)
+    assert not exe_base <= main.rip < exe_base + exe_size
+    assert any(exe_base <= a < exe_base + exe_size for a in main.stack)
+    assert all(t.stack for t in threads)
+
+
+def test_group_stopped_process_stays_stopped_after_quiesce(target: Target, handle: WineProcess) -> None:
+    os.kill(target.pid, 19)  # SIGSTOP
+    try:
+        while _state(target.pid, target.pid) != "T":
+            os.sched_yield()
+        quiesced = handle.quiesce()
+        quiesced.resume()
+        assert _state(target.pid, target.pid) == "T"
+    finally:
+        os.kill(target.pid, 18)  # SIGCONT
+    before = target.stats()
+    assert target.wait_calls(before[0])[3] == 0
+
+
+def _wait_state(pid: int, stopped: bool) -> None:
+    """Wait (bounded) until the main thread is in group-stop ("T") or out of it."""
+    for _ in range(1_000_000):
+        if (_state(pid, pid) == "T") == stopped:
+            return
+        os.sched_yield()
+    raise AssertionError(f"process {pid} never {'stopped' if stopped else 'continued'}")
+
+
+def test_a_stop_signal_sent_as_we_quiesce_is_delivered_not_swallowed(target: Target, handle: WineProcess) -> None:
+    for _ in range(20):
+        _ptrace.tgkill(target.pid, target.pid, signal.SIGSTOP)
+        handle.quiesce().resume()
+        _wait_state(target.pid, True)
+        os.kill(target.pid, signal.SIGCONT)
+        _wait_state(target.pid, False)
+    assert target.stats()[3] == 0
+
+
+def test_a_signal_arriving_during_a_remote_call_is_delivered_after_resume(target: Target, handle: WineProcess) -> None:
+    base, _ = _module(handle, "hp.dll")
+    blob, _code, table = _unwind_blob(handle, base, target.thrower)
+    quiesced = handle.quiesce()
+    try:
+        task = handle._pick_task(quiesced.stopped, for_call=True)
+        _ptrace.tgkill(target.pid, task.tid, signal.SIGSTOP)  # pending until the thread runs our call
+        handle.add_function_table(table, 1, base)
+    finally:
+        quiesced.resume()
+    _wait_state(target.pid, True)
+    os.kill(target.pid, signal.SIGCONT)
+    _wait_state(target.pid, False)
+    handle.delete_function_table(table)
+    handle.free(blob, 0x1000)
+    assert target.stats()[3] == 0
+
+
+# -- allocation and patching -------------------------------------------------------------------------------------
+
+
+def test_allocate_near_maps_rw_memory_above_the_module_within_2gb(target: Target, handle: WineProcess) -> None:
+    base, size = _module(handle, "hp.dll")
+    address = handle.allocate_near(base, 100)
+    assert base + size <= address < base + 0x7FFF0000 and address % 0x10000 == 0
+    handle.write(address, b"hello")
+    assert handle.read(address, 5) == b"hello"
+    handle.protect(address, 100, "rx")
+    assert _perms(target.pid, address) == "r-xp"
+    handle.free(address, 100)
+    assert _perms(target.pid, address) is None
+    assert handle.allocations == []
+
+
+def _perms(pid: int, address: int) -> str | None:
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return line.split()[1]
+    return None
+
+
+def test_jump_through_padding_switches_results_and_busy_threads_see_only_old_or_new(
+    target: Target, handle: WineProcess
+) -> None:
+    entry = handle._export("hp.dll", "compute")
+    base, _ = _module(handle, "hp.dll")
+    original = handle.read(entry - 5, 7)
+    assert original == b"\xcc" * 5 + b"\x48\x8d"  # padding, then the 8-byte `lea rsp, [rsp]`
+    blob = handle.allocate_near(base, len(NEW_COMPUTE))
+    handle.write(blob, NEW_COMPUTE)
+    handle.protect(blob, len(NEW_COMPUTE), "rx")
+    long_jump = b"\xe9" + struct.pack("<i", blob - entry)  # at entry - 5: jmp rel32 to the blob
+    short_jump = b"\xeb\xf9"  # at entry: jmp entry - 5
+    assert target.ask("call 5") == "11"
+    for _round in range(100):
+        quiesced = handle.quiesce()
+        assert not any(entry < t.rip < entry + 2 for t in quiesced.threads)
+        handle.write(entry - 5, long_jump)
+        handle.write(entry, short_jump)
+        quiesced.resume()
+        assert target.ask("call 5") == "22"
+        quiesced = handle.quiesce()
+        handle.write(entry, original[5:])
+        quiesced.resume()
+        assert target.ask("call 5") == "11"
+    handle.write(entry - 5, original)
+    _calls, old, new, bad = target.wait_calls(0)
+    assert bad == 0 and old > 0 and new > 0
+    handle.free(blob, len(NEW_COMPUTE))
+
+
+def test_no_free_gap_is_a_backend_error_that_allocates_nothing(target: Target, handle: WineProcess) -> None:
+    base, size = _module(handle, "hp.dll")
+    with open(f"/proc/{target.pid}/maps") as maps:
+        before = maps.read()
+    with pytest.raises(BackendError, match="no free"):
+        handle.allocate_near(base, 0x1000, span=size)
+    with open(f"/proc/{target.pid}/maps") as maps:
+        assert maps.read() == before
+    assert handle.allocations == []
+
+
+def test_free_refuses_memory_that_is_not_anonymous(handle: WineProcess) -> None:
+    base, _ = _module(handle, "hp.dll")
+    with pytest.raises(BackendError, match="nothing was freed"):
+        handle.free(base, 0x1000)
+    assert handle.read(base, 2) == b"MZ"
+
+
+# -- remote calls and unwind information ----------------------------------------------------------------------
+
+
+def _unwind_blob(handle: WineProcess, base: int, thrower: int) -> tuple[int, int, int]:
+    """A blob with one function calling ``thrower`` (through a pointer in the blob) and its unwind info:
+    sub rsp, 0x28; call [rip + ptr]; add rsp, 0x28; ret. Returns (blob, code address, table address)."""
+    blob = handle.allocate_near(base, 0x1000)
+    code = bytes.fromhex("4883ec28") + b"\xff\x15" + struct.pack("<i", 0x40 - 10) + bytes.fromhex("4883c428 c3")
+    unwind = bytes([0x01, 0x04, 0x01, 0x00, 0x04, 0x42, 0x00, 0x00])  # v1, prolog 4, UWOP_ALLOC_SMALL 0x28
+    page = bytearray(0x100)
+    page[0 : len(code)] = code
+    page[0x40:0x48] = struct.pack("<Q", thrower)
+    page[0x80:0x88] = unwind
+    page[0xC0:0xCC] = struct.pack("<III", blob - base, blob - base + len(code), blob - base + 0x80)
+    handle.write(blob, bytes(page))
+    handle.protect(blob, 0x1000, "rx")
+    return blob, blob, blob + 0xC0
+
+
+def _redirect(handle: WineProcess, entry: int, to: int) -> bytes:
+    original = handle.read(entry - 5, 7)
+    quiesced = handle.quiesce()
+    try:
+        handle.write(entry - 5, b"\xe9" + struct.pack("<i", to - entry))
+        handle.write(entry, b"\xeb\xf9")
+    finally:
+        quiesced.resume()
+    return original
+
+
+def test_exception_through_blob_code_is_caught_once_its_function_table_is_registered(
+    target: Target, handle: WineProcess
+) -> None:
+    base, _ = _module(handle, "hp.dll")
+    blob, code, table = _unwind_blob(handle, base, target.thrower)
+    assert target.ask(f"lookup {code + 4:x}") == "none"
+    quiesced = handle.quiesce()
+    try:
+        handle.add_function_table(table, 1, base)
+    finally:
+        quiesced.resume()
+    assert target.ask(f"lookup {code + 4:x}") == f"{base:x} {blob - base:x} {blob - base + 15:x}"
+    assert target.ask("guard 7") == "returned 7"
+    original = _redirect(handle, handle._export("hp.dll", "guarded"), code)
+    for _ in range(50):
+        assert target.ask("guard 7") == "caught 1007"
+    quiesced = handle.quiesce()
+    handle.write(handle._export("hp.dll", "guarded") - 5, original)
+    quiesced.resume()
+    assert target.ask("guard 7") == "returned 7"
+    handle.delete_function_table(table)  # not quiesced: the backend stops the process briefly itself
+    assert target.ask(f"lookup {code + 4:x}") == "none"
+    with pytest.raises(BackendError, match="no such table"):
+        handle.delete_function_table(table)
+    handle.free(blob, 0x1000)
+    assert target.stats()[3] == 0
+
+
+def test_remote_calls_on_every_kind_of_thread_leave_its_registers_as_they_were(
+    target: Target, handle: WineProcess
+) -> None:
+    base, _ = _module(handle, "hp.dll")
+    blob, _code, table = _unwind_blob(handle, base, target.thrower)
+    add = handle._export("ntdll.dll", "RtlAddFunctionTable")
+    delete = handle._export("ntdll.dll", "RtlDeleteFunctionTable")
+    trap = handle._find_bytes(b"\xcc", ("ntdll.dll",))
+    before = target.wait_calls(0)
+    for _round in range(20):
+        quiesced = handle.quiesce()
+        try:
+            for task in quiesced.stopped.tasks.values():
+                regs = _ptrace.get_regs(task.tid)
+                assert _remote.remote_call(quiesced.stopped, task, add, (table, 1, base), trap, handle.write) & 0xFF
+                assert _remote.remote_call(quiesced.stopped, task, delete, (table,), trap, handle.write) & 0xFF
+                assert bytes(_ptrace.get_regs(task.tid)) == bytes(regs)
+        finally:
+            quiesced.resume()
+    assert target.ask("call 5") == "11"
+    after = target.wait_calls(before[0])
+    assert after[3] == 0 and after[0] > before[0]
+    handle.free(blob, 0x1000)
+
+
+def test_remote_call_that_never_returns_times_out_and_the_process_keeps_running(
+    target: Target, handle: WineProcess
+) -> None:
+    sleep = handle._export("kernel32.dll", "Sleep")
+    trap = handle._find_bytes(b"\xcc", ("ntdll.dll",))
+    quiesced = handle.quiesce()
+    try:
+        task = handle._pick_task(quiesced.stopped, for_call=True)
+        with pytest.raises(BackendError, match="timed out"):
+            _remote.remote_call(quiesced.stopped, task, sleep, (0xFFFFFFFF,), trap, handle.write, 200_000_000)
+    finally:
+        quiesced.resume()
+    before = target.stats()
+    after = target.wait_calls(before[0])
+    assert after[3] == 0
+    assert target.ask("call 5") == "11"
+
+
+# -- errors leave nothing attached ------------------------------------------------------------------------------
+
+
+def test_ptrace_refusal_is_a_backend_error_and_leaves_no_other_thread_attached(
+    target: Target, handle: WineProcess
+) -> None:
+    held = max(int(t) for t in os.listdir(f"/proc/{target.pid}/task"))
+    _ptrace.seize(held)  # someone else (here: us, outside the handle) already traces one thread
+    try:
+        with pytest.raises(BackendError, match="already traced"):
+            handle.quiesce()
+        others = {int(t) for t in os.listdir(f"/proc/{target.pid}/task")} - {held}
+        for tid in others:
+            with open(f"/proc/{target.pid}/task/{tid}/status") as status:
+                assert "TracerPid:\t0\n" in status.read()
+    finally:
+        _ptrace.interrupt(held)
+        _ptrace.wait_stop(held, 2**62)
+        _ptrace.detach(held)
+    assert target.stats()[3] == 0
+
+
+def test_a_process_that_exits_is_reported_gone(build: Path, prefix: Path) -> None:
+    t = Target(build, 2)
+    handle = WineBackend().open(t.pid)
+    try:
+        t.stop()
+        with pytest.raises(BackendError, match="gone"):
+            handle.quiesce()
+        with pytest.raises(BackendError):
+            handle.read(0x140000000, 2)
+    finally:
+        handle.close()
+
+
+def test_stop_all_on_a_missing_pid_is_a_backend_error() -> None:
+    with pytest.raises(BackendError, match="gone"):
+        _stop.stop_all(2**22 + 12345)
