@@ -231,6 +231,29 @@ def test_hotpatchable_functions_have_cc_padding_and_an_8_byte_first_instruction(
         assert image[rva : rva + 8] == bytes.fromhex("488da42400000000"), name  # lea rsp, [rsp+0]
 
 
+def test_v1_to_v2_changes_only_the_code_of_two_functions(demo_build: DemoBuild) -> None:
+    """What makes v1 -> v2 a hotpatch: same data and layout, code differs in appcore_get_item/appcore_version."""
+
+    def layout(path: Path) -> tuple[dict[str, tuple[int, bytes]], dict[int, str], list[tuple[int, int]]]:
+        pe = pefile.PE(str(path))
+        try:
+            secs = {s.Name.rstrip(b"\0").decode(): (s.VirtualAddress, s.get_data()) for s in pe.sections}
+            names = {e.address: e.name.decode() for e in pe.DIRECTORY_ENTRY_EXPORT.symbols if e.name}
+            ranges = [(f.struct.BeginAddress, f.struct.EndAddress) for f in pe.DIRECTORY_ENTRY_EXCEPTION]
+        finally:
+            pe.close()
+        return secs, names, ranges
+
+    (v1, names, ranges), (v2, _, _) = (layout(demo_build.appcore_dll(v)) for v in ("v1", "v2"))
+    assert sorted(v1) == sorted(v2)
+    assert {n: v1[n] for n in v1 if n != ".text"} == {n: v2[n] for n in v2 if n != ".text"}
+    text_rva, text1 = v1[".text"]
+    changed = [text_rva + i for i, (a, b) in enumerate(zip(text1, v2[".text"][1], strict=True)) if a != b]
+    # .pdata function ranges name each changed byte's function (functions without .pdata show as None).
+    owners = {next((names.get(b, hex(b)) for b, e in ranges if b <= rva < e), None) for rva in changed}
+    assert changed and owners == {"appcore_get_item", "appcore_version"}
+
+
 def test_build_is_cached_and_deterministic(demo_build: DemoBuild, tmp_path: Path) -> None:
     assert build().root == demo_build.root
     again = build(cache_dir=tmp_path)
