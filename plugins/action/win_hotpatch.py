@@ -104,7 +104,8 @@ class ActionModule(EngineAction):
 
 def _package(document: dict[str, Any], package: PackageInfo | None) -> dict[str, Any]:
     """``{id, module, version, sha256}``: the engine's view, else what the controller read."""
-    reported = document.get("package") if isinstance(document.get("package"), dict) else {}
+    value = document.get("package")
+    reported: dict[str, Any] = value if isinstance(value, dict) else {}
     known = package.as_result() if package else {}
     return {key: reported.get(key) or known.get(key) for key in ("id", "module", "version", "sha256")}
 
@@ -114,7 +115,8 @@ def _staged(document: dict[str, Any], package: dict[str, Any]) -> bool:
     for entry in document.get("staged") or []:
         if not isinstance(entry, dict):
             continue
-        ident = entry.get("package") if isinstance(entry.get("package"), dict) else entry
+        nested = entry.get("package")
+        ident: dict[str, Any] = nested if isinstance(nested, dict) else entry
         if (package.get("sha256") and ident.get("sha256") == package["sha256"]) or (
             package.get("id") and ident.get("id") == package["id"]
         ):

@@ -36,7 +36,8 @@ _PROCESS_KEYS = ("pid", "windows_pid", "name", "start_time", "module_base", "cod
 
 def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, Any]:
     """``ansible_facts.hotpatch`` from an ``inspect`` document; every documented key present (None if unknown)."""
-    raw = document.get("facts") if isinstance(document.get("facts"), dict) else {}
+    found = document.get("facts")
+    raw: dict[str, Any] = found if isinstance(found, dict) else {}
     facts: dict[str, Any] = {
         "platform": document.get("platform") or raw.get("platform"),
         "engine_version": document.get("engine_version"),
@@ -48,7 +49,8 @@ def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, An
     facts["applied"] = list(document.get("applied") or raw.get("applied") or [])
     facts["staged"] = list(document.get("staged") or raw.get("staged") or [])
     facts["module"] = module
-    processes = document.get("processes") if isinstance(document.get("processes"), list) else []
+    listed = document.get("processes")
+    processes: list[Any] = listed if isinstance(listed, list) else []
     facts["processes"] = (
         [{key: item.get(key) for key in _PROCESS_KEYS if key in item} for item in processes if isinstance(item, dict)]
         if module

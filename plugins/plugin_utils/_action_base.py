@@ -151,6 +151,7 @@ class _Transfer:
     paths: dict[str, str] = field(default_factory=dict)  # local path -> path the engine uses on the host
     installs: list[tuple[str, str]] = field(default_factory=list)  # (path in remote tmp, cache path)
     sent: list[str] = field(default_factory=list)  # cache paths transferred this run
+    transferred: list[str] = field(default_factory=list)  # paths in the remote tmp dir written this run
 
 
 class HostCommands:
@@ -190,20 +191,20 @@ class PowerShellCommands(HostCommands):
         return " ".join(self.shell.quote(part) for part in parts)
 
     def probe(self, python: str, engine_dir: str, create: bool, paths: Sequence[str]) -> str:
-        listed = ", ".join(self.literal(path) for path in paths) or ""
-        make = (
-            "[void](New-Item -ItemType Directory -Force -Path (Join-Path -Path $dir -ChildPath 'packages'))"
-            if create
-            else ""
+        found = "'dir:ok'"
+        if create:
+            found = "[void](New-Item -ItemType Directory -Force -Path (Join-Path -Path $dir -ChildPath 'packages')); 'dir:ok'"
+        script = "\n".join(
+            [
+                f"$dir = {self.literal(engine_dir)}",
+                f"if (Test-Path -LiteralPath $dir -PathType Container) {{ {found} }} else {{ 'dir:missing' }}",
+                f"if (Test-Path -LiteralPath {self.literal(python)} -PathType Leaf) {{ 'python:ok' }} else {{ 'python:missing' }}",
+                f"foreach ($path in @({', '.join(self.literal(path) for path in paths)})) {{",
+                "if (Test-Path -LiteralPath $path -PathType Leaf) {"
+                " (Get-FileHash -LiteralPath $path -Algorithm SHA256).Hash.ToLowerInvariant() } else { '-' }",
+                "}",
+            ]
         )
-        script = f"""
-$dir = {self.literal(engine_dir)}
-if (Test-Path -LiteralPath $dir -PathType Container) {{ {make}; 'dir:ok' }} else {{ 'dir:missing' }}
-if (Test-Path -LiteralPath {self.literal(python)} -PathType Leaf) {{ 'python:ok' }} else {{ 'python:missing' }}
-foreach ($path in @({listed})) {{
-if (Test-Path -LiteralPath $path -PathType Leaf) {{ (Get-FileHash -LiteralPath $path -Algorithm SHA256).Hash.ToLowerInvariant() }} else {{ '-' }}
-}}
-"""
         return self.encode(script)
 
     def run(self, python: str, engine: str, verb: str, request: str, installs: Sequence[tuple[str, str]]) -> str:
@@ -297,7 +298,7 @@ class EngineAction(ActionBase):
     # -- flow -------------------------------------------------------------------------------------------------
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = super().run(tmp, task_vars)
+        result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         _, params = self.validate_argument_spec(
             argument_spec=self.ARGUMENT_SPEC,
@@ -399,7 +400,7 @@ class EngineAction(ActionBase):
             request["state_dir"] = params["state_dir"]
         request_path = self._connection._shell.join_path(self._tmp(), "request.json")
         self._transfer_data(request_path, json.dumps(request, sort_keys=True))
-        self._fix_perms([request_path])
+        self._fix_perms([request_path, *transfer.transferred])
 
         engine_path = transfer.paths[archive.path]
         done = self._execute(commands.run(python, engine_path, verb, request_path, transfer.installs))
@@ -423,7 +424,7 @@ class EngineAction(ActionBase):
                 continue
             remote = self._connection._shell.join_path(self._tmp(), upload.cache_path.replace("\\", "/").split("/")[-1])
             self._transfer_file(upload.local_path, remote)
-            self._fix_perms([remote])
+            plan.transferred.append(remote)
             plan.paths[upload.local_path] = upload.cache_path if persistent else remote
             if persistent:
                 plan.installs.append((remote, upload.cache_path))
@@ -449,7 +450,8 @@ class EngineAction(ActionBase):
         return str(self._connection._shell.tmpdir)
 
     def _execute(self, command: str) -> dict[str, Any]:
-        return dict(self._low_level_execute_command(command, sudoable=True))
+        result: dict[str, Any] = self._low_level_execute_command(command, sudoable=True)
+        return result
 
     def _fix_perms(self, paths: list[str]) -> None:
         if not getattr(self._connection._shell, "_IS_WINDOWS", False):

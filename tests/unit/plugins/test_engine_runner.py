@@ -1,0 +1,96 @@
+"""The engine zipapp: deterministic, complete, runnable by a bare Python, cached by content."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.rebootless.windows.plugins.plugin_utils import _engine_runner
+from ansible_collections.rebootless.windows.plugins.plugin_utils._engine_runner import (
+    ENGINE_PACKAGE_DIR,
+    build_engine,
+    engine_archive,
+    engine_members,
+)
+
+
+def fake_engine(root: Path, exit_code: int) -> Path:
+    package = root / "hotpatch"
+    (package / "host").mkdir(parents=True)
+    (package / "__init__.py").write_text("ENGINE_VERSION = 'test'\n")
+    (package / "host" / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import sys\nfrom .host import __name__ as _h\n"
+        f"def main():\n    print('{{\"verb\": \"' + sys.argv[1] + '\"}}')\n    return {exit_code}\n"
+    )
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "junk.py").write_text("raise SystemExit('must not be shipped')\n")
+    return package
+
+
+def test_same_sources_give_byte_identical_archives() -> None:
+    first = build_engine(engine_members())
+    second = build_engine(engine_members())
+    assert first == second
+    with zipfile.ZipFile(__import__("io").BytesIO(first)) as archive:
+        assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
+        names = archive.namelist()
+    assert names == sorted(names)
+
+
+def test_archive_holds_the_engine_package_pefile_and_a_root_main() -> None:
+    members = engine_members()
+    expected = {
+        "hotpatch/" + p.relative_to(ENGINE_PACKAGE_DIR).as_posix()
+        for p in ENGINE_PACKAGE_DIR.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert expected <= set(members)
+    assert {"__main__.py", "pefile.py", "ordlookup/__init__.py"} <= set(members)
+    assert not any("__pycache__" in name for name in members)
+
+
+def test_real_archive_imports_the_engine_and_pefile_with_nothing_else_on_the_path(tmp_path: Path) -> None:
+    archive = tmp_path / "engine.pyz"
+    archive.write_bytes(build_engine(engine_members()))
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import pefile, hotpatch.package; print(hotpatch.package.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(archive)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == str(archive / "hotpatch" / "package.py")
+
+
+def test_root_main_runs_hotpatch_main_and_exits_with_its_code(tmp_path: Path) -> None:
+    archive = tmp_path / "engine.pyz"
+    archive.write_bytes(build_engine(engine_members(fake_engine(tmp_path / "src", exit_code=6))))
+    done = subprocess.run(
+        [sys.executable, "-I", str(archive), "status", "--request", "x"], capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.strip()) == (6, '{"verb": "status"}')
+
+
+def test_engine_archive_is_cached_under_its_digest_and_rebuilt_when_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(_engine_runner, "_built", {})
+    source = fake_engine(tmp_path / "src", exit_code=0)
+
+    built = engine_archive(source)
+    path = Path(built.path)
+    assert path.parent == tmp_path / "cache" / "rebootless"
+    assert path.name == built.name == f"engine-{built.sha256[:12]}.pyz"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == built.sha256
+    assert engine_archive(source) is built  # memoised for the rest of the run
+
+    path.unlink()
+    again = engine_archive(source)
+    assert again == built and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
