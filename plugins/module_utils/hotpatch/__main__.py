@@ -17,7 +17,7 @@ from typing import List, Optional
 from .errors import BackendError, EngineError, RequestError
 from .host.request import VERBS, load_request
 from .host.result import VerbResult
-from .host.verbs import Engine
+from .host.verbs import execute
 
 __all__ = ["main"]
 
@@ -38,15 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.add_argument("--request", required=True)
         args = parser.parse_args(argv)
         verb = args.verb
-        engine = Engine(load_request(verb, args.request))
-        try:
-            result = engine.run()
-        except EngineError as exc:
-            result = engine.result
-            result.error = {"kind": exc.kind, "message": str(exc)}
-            code = exc.exit_code
-        else:
-            code = result.exit_code
+        code, result = execute(load_request(verb, args.request))
     except EngineError as exc:
         result = VerbResult(verb, error={"kind": exc.kind, "message": str(exc)})
         code = exc.exit_code

@@ -39,7 +39,11 @@ def recover(backend: Backend, journal: Journal, options: Options) -> List[Dict[s
             if not record.final:
                 before = record.state
                 settle_stage(journal, record)
-                actions.append(_action(record.path, before, record.state, record.note, module_path=record.module_path))
+                actions.append(
+                    _action(
+                        record.path, before, record.state, record.note, changed=True, module_path=record.module_path
+                    )
+                )
             if record.final:
                 journal.archive(record)
             continue
@@ -49,14 +53,24 @@ def recover(backend: Backend, journal: Journal, options: Options) -> List[Dict[s
         for proc in record.processes:
             if proc.final:
                 continue
-            before = proc.state
+            before, attention, freed = proc.state, proc.needs_attention, proc.blob_freed
             if (proc.pid, proc.start_time) not in live:
                 journal.touch(proc, "retired", "the process exited (or its PID was reused)")
-            elif proc.needs_attention:
+            elif attention:
                 _recover_process(backend, journal, record, proc, options)
-            if proc.state != before or proc.needs_attention:
+            if proc.state != before or attention:
                 changed = True
-                actions.append(_action(record.path, before, proc.state, proc.note, pid=proc.pid, name=proc.name))
+                actions.append(
+                    _action(
+                        record.path,
+                        before,
+                        proc.state,
+                        proc.note,
+                        changed=proc.state not in (before, "retired") or proc.blob_freed != freed,
+                        pid=proc.pid,
+                        name=proc.name,
+                    )
+                )
         if changed:
             journal.save(record)
         if record.final:
@@ -119,7 +133,13 @@ def _settle(
         proc.note = kept
 
 
-def _action(journal_path: str, before: str, after: str, note: str, **where: Any) -> Dict[str, Any]:
-    entry: Dict[str, Any] = {"journal": os.path.basename(journal_path), "from": before, "to": after, "note": note}
+def _action(journal_path: str, before: str, after: str, note: str, changed: bool, **where: Any) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {
+        "journal": os.path.basename(journal_path),
+        "from": before,
+        "to": after,
+        "note": note,
+        "changed": changed,
+    }
     entry.update(where)
     return entry

@@ -29,7 +29,7 @@ from .rollback import RollbackTransaction
 from .transaction import Options, PatchTransaction
 from .trust import check_trust
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "execute"]
 
 
 class Engine:
@@ -276,7 +276,7 @@ class Engine:
     def _locked(self) -> Iterator[None]:
         with HostLock(self.request.state_dir, self.request.lock_timeout_s):
             self.result.recovered = recover(self.backend, self.journal, self.options)
-            if any(a["from"] != a["to"] for a in self.result.recovered):
+            if any(action["changed"] for action in self.result.recovered):
                 self.result.changed = True
             yield
 
@@ -314,7 +314,7 @@ class Engine:
     def _load_package(self) -> None:
         assert self.request.package is not None
         package = read_package(self.request.package)
-        check_trust(package, self.request.allow_unsigned, self.request.trusted_keys)
+        trust = check_trust(package, self.request.allow_unsigned, self.request.trusted_keys)
         manifest = package.manifest
         self.package = package
         self.ref = PackageRef(
@@ -332,6 +332,7 @@ class Engine:
             "key": self.ref.key,
             "hotpatchable": manifest.hotpatchable,
             "functions": [f.name for f in manifest.functions],
+            "trust": trust.as_dict(),
         }
 
     def _package(self) -> Package:
@@ -354,3 +355,14 @@ def _process_result(target: Target, result: str) -> ProcessResult:
 
 def _module_at(record: ProcessRecord) -> ModuleInfo:
     return ModuleInfo(os.path.basename(record.module_path), record.module_path, record.module_base, 0)
+
+
+def execute(request: Request, backend: Optional[Backend] = None) -> Tuple[int, VerbResult]:
+    """Run ``request`` and return (exit code, result); an error of the whole verb becomes ``result.error``."""
+    engine = Engine(request, backend)
+    try:
+        result = engine.run()
+    except EngineError as exc:
+        engine.result.error = {"kind": exc.kind, "message": str(exc)}
+        return exc.exit_code, engine.result
+    return result.exit_code, result
