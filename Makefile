@@ -32,6 +32,10 @@ LINK_REL := .collections/ansible_collections/rebootless/windows
 SANITY_ROOT := $(CACHE)
 SANITY_TREE := $(SANITY_ROOT)/ansible_collections/rebootless/windows
 SANITY_PYTHON ?= 3.11
+# Managed hosts run the engine on CPython 3.8+ (see README): checked with the oldest and the newest we support.
+SANITY_HOST_PYTHONS ?= 3.8 3.13
+HOST_CODE = $(wildcard plugins/modules plugins/module_utils)
+ANSIBLE_TEST = $(CURDIR)/$(BIN)/ansible-test sanity --venv --color no
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(LINK_ROOT):$(DEPS_ROOT)
@@ -98,10 +102,19 @@ unit:
 integration:
 	@scripts/ci/pytest_suite.sh $(PY) tests/integration
 
+# Full sanity on the controller Python; then compile + import of host code (modules, module_utils) on the oldest
+# and newest host Pythons we promise, so a 3.9+ construct or a removed stdlib module cannot reach a host.
 sanity: collections
 	$(PY) scripts/ci/seed_get_pip.py
 	$(PY) scripts/ci/copy_tree.py $(SANITY_ROOT) $(DEPS_ROOT)
-	cd $(SANITY_TREE) && $(CURDIR)/$(BIN)/ansible-test sanity --venv --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
+	@rc=0; set -x; \
+	(cd $(SANITY_TREE) && $(ANSIBLE_TEST) --python $(SANITY_PYTHON) $(SANITY_ARGS)) || rc=1; \
+	for v in $(if $(HOST_CODE),$(SANITY_HOST_PYTHONS)); do \
+		scripts/ci/find_python.sh $$v $(CACHE)/pythons || { rc=1; continue; }; \
+		(cd $(SANITY_TREE) && PATH=$(CACHE)/pythons:$$PATH \
+			$(ANSIBLE_TEST) --python $$v --test compile --test import $(HOST_CODE)) || rc=1; \
+	done; \
+	exit $$rc
 
 ansible-lint: link collections
 	@targets="$$(for d in roles playbooks; do [[ -d $$d ]] && echo $$d; done || true)"; \
