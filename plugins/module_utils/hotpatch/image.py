@@ -189,9 +189,10 @@ def _codeview(pe: pefile.PE) -> Tuple[Optional[str], Optional[int]]:
         info: Any = getattr(entry, "entry", None)
         sig = getattr(info, "CvSignature", b"")
         if sig == b"RSDS":
-            raw = bytes(
-                struct.pack("<IHH", info.Signature_Data1, info.Signature_Data2, info.Signature_Data3)
-                + bytes(info.Signature_Data4)
-            )
-            return str(uuid.UUID(bytes_le=raw)).upper(), int(info.Age)
+            # RSDS record: signature, GUID (16 bytes, little-endian fields), age (uint32), PDB path.
+            offset = info.get_file_offset()
+            raw = bytes(pe.__data__[offset + 4 : offset + 24])
+            if len(raw) == 20:
+                (age,) = struct.unpack_from("<I", raw, 16)
+                return str(uuid.UUID(bytes_le=raw[:16])).upper(), int(age)
     return None, None

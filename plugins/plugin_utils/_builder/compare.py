@@ -1,0 +1,204 @@
+"""Internal to rebootless.windows: decode a function and normalise every address in it to what it names.
+
+A function body becomes its bytes with each outward-pointing field (rel8/rel32 branch displacement,
+RIP-relative disp32, base-relocated imm64) zeroed, plus one token per field naming the target
+("fn:scale+0", "imp:kernel32.dll!sleep", "data:hits+0", "const:<hex of the string>", "jt:<entry offsets>").
+Two bodies with equal normal forms do the same thing wherever the linker put them and what they call.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import iced_x86
+
+from .model import Image, Symbol, Target
+
+__all__ = ["Body", "JumpTable", "Reference", "decode_body", "same_body"]
+
+_BRANCH_KINDS = (iced_x86.OpKind.NEAR_BRANCH16, iced_x86.OpKind.NEAR_BRANCH32, iced_x86.OpKind.NEAR_BRANCH64)
+_MAX_TABLE = 4096
+
+
+@dataclass(frozen=True)
+class JumpTable:
+    """A table of int32 offsets relative to its own start (gcc and clang switch tables): ``rva`` in the image,
+    ``entries`` as function-relative offsets of the case labels."""
+
+    rva: int
+    entries: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One field of a body that names something outside it (or, for abs64, anything at all).
+
+    ``offset``: the field's offset in the body (bytes); ``size``: 1, 4 or 8; ``kind``: "rel" (displacement to
+    ``next_ip``, the function-relative end of its instruction) or "abs64"; ``target``: what it names;
+    ``call``: the field is a direct call or jump (so it does not take the target's address);
+    ``table``: set when the target is a jump table of this function; ``instr_at``: offset of the instruction
+    holding the field.
+    """
+
+    offset: int
+    size: int
+    kind: str
+    next_ip: int
+    target: Target
+    call: bool
+    table: JumpTable | None = None
+    instr_at: int = 0
+
+
+@dataclass
+class Body:
+    """A decoded function: ``symbol`` in its image, raw ``code``, the normal form and every outward reference.
+
+    ``problems``: things the relocator could not carry (a rel8 leaving the function, an undecodable byte),
+    worded for a human.
+    """
+
+    symbol: Symbol
+    code: bytes
+    normal: bytes
+    tokens: tuple[str, ...]
+    references: list[Reference] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def decode_body(image: Image, symbol: Symbol) -> Body:
+    """Decode ``symbol``'s bytes (its .pdata range) with iced-x86 and normalise them (see module docstring)."""
+    begin, end = symbol.rva, symbol.end
+    code = image.read(begin, symbol.size)
+    normal = bytearray(code)
+    tokens: list[str] = []
+    references: list[Reference] = []
+    problems: list[str] = []
+    relocs = image.relocations_in(begin, end)
+    decoder = iced_x86.Decoder(64, code, ip=begin)
+    has_indirect_jump = False
+    last_cmp_imm: int | None = None
+    inline_tables: dict[int, int] = {}  # function-relative start -> end of jump tables inside the body
+    for instr in decoder:
+        start = instr.ip - begin
+        if start in inline_tables:  # skip table data; iced lets us move the decoder
+            decoder.position = inline_tables[start]
+            decoder.ip = begin + inline_tables[start]
+            continue
+        if instr.code == iced_x86.Code.INVALID:
+            problems.append(f"undecodable byte at {symbol.name}+0x{start:x}")
+            continue
+        flow = instr.flow_control
+        if flow == iced_x86.FlowControl.INDIRECT_BRANCH:
+            has_indirect_jump = True
+        if instr.mnemonic == iced_x86.Mnemonic.CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind):
+            last_cmp_imm = instr.immediate(1)
+        branch = instr.op_count >= 1 and instr.op0_kind in _BRANCH_KINDS
+        if branch or instr.is_ip_rel_memory_operand:
+            offsets = decoder.get_constant_offsets(instr)
+            if branch:
+                target_rva, field_at, size = instr.near_branch_target, offsets.immediate_offset, offsets.immediate_size
+            else:
+                target_rva, field_at, size = instr.ip_rel_memory_address, offsets.displacement_offset, 4
+            if begin <= target_rva < end:
+                # inside the function: position-independent, kept as raw bytes; a table there is data
+                if target_rva > instr.ip and instr.mnemonic == iced_x86.Mnemonic.LEA:
+                    table = _jump_table(image, target_rva, begin, end, last_cmp_imm)
+                    if table is not None:
+                        inline_tables[target_rva - begin] = target_rva - begin + 4 * len(table.entries)
+                continue
+            hint = _memory_size(instr)
+            target = image.describe(target_rva, hint)
+            table = None
+            if target.kind == "const" and instr.mnemonic == iced_x86.Mnemonic.LEA:
+                table = _jump_table(image, target_rva, begin, end, last_cmp_imm)
+            ref = Reference(
+                start + field_at,
+                size,
+                "rel",
+                start + instr.len,
+                target,
+                flow
+                in (
+                    iced_x86.FlowControl.CALL,
+                    iced_x86.FlowControl.UNCONDITIONAL_BRANCH,
+                    iced_x86.FlowControl.CONDITIONAL_BRANCH,
+                ),
+                table,
+                start,
+            )
+            references.append(ref)
+            normal[ref.offset : ref.offset + size] = b"\0" * size
+            tokens.append(_token(image, ref, begin))
+        for reloc in relocs:
+            if instr.ip <= reloc < instr.ip + instr.len:
+                pointed = image.pointer(reloc)
+                inside = begin <= pointed < end
+                target = Target("self", symbol.name, pointed - begin, pointed) if inside else image.describe(pointed)
+                ref = Reference(reloc - begin, 8, "abs64", start + instr.len, target, False, None, start)
+                references.append(ref)
+                normal[ref.offset : ref.offset + 8] = b"\0" * 8
+                tokens.append(_token(image, ref, begin))
+    if not has_indirect_jump:  # a lea of a table-shaped constant without an indirect jump is just data
+        references = [r if r.table is None else _without_table(r) for r in references]
+    return Body(symbol, code, bytes(normal), tuple(tokens), references, problems)
+
+
+def same_body(old: Body, new: Body) -> bool:
+    """True when both bodies have the same normal form and name the same targets."""
+    return old.normal == new.normal and old.tokens == new.tokens
+
+
+def _token(image: Image, ref: Reference, begin: int) -> str:
+    target = ref.target
+    if ref.table is not None:
+        return "jt:" + ",".join(str(e) for e in ref.table.entries)
+    if target.kind == "import":
+        return f"imp:{target.name}"
+    if target.kind in ("function", "data", "self"):
+        return f"{target.kind}:{target.name}+{target.offset}"
+    if target.kind == "const":
+        return "const:" + image.contents(target.rva, target.size)
+    return f"{target.kind}:{target.name}+{target.offset}"
+
+
+def _without_table(ref: Reference) -> Reference:
+    return Reference(ref.offset, ref.size, ref.kind, ref.next_ip, ref.target, ref.call, None, ref.instr_at)
+
+
+def _jump_table(image: Image, rva: int, begin: int, end: int, count_hint: int | None) -> JumpTable | None:
+    """Entries of a self-relative int32 table at ``rva`` whose targets fall inside [begin, end), or None."""
+    section = image.section_at(rva)
+    if section is None:
+        return None
+    limit = (count_hint + 1) if count_hint is not None and 0 <= count_hint < _MAX_TABLE else _MAX_TABLE
+    entries: list[int] = []
+    at = rva
+    while len(entries) < limit and at + 4 <= section.end:
+        (delta,) = struct.unpack_from("<i", image.memory, at)
+        target = rva + delta
+        if not begin <= target < end:
+            break
+        entries.append(target - begin)
+        at += 4
+    if len(entries) < 2 or (count_hint is not None and len(entries) != limit):
+        return None
+    return JumpTable(rva, tuple(entries))
+
+
+def _is_immediate(kind: int) -> bool:
+    return kind in (
+        iced_x86.OpKind.IMMEDIATE8,
+        iced_x86.OpKind.IMMEDIATE32,
+        iced_x86.OpKind.IMMEDIATE8TO32,
+        iced_x86.OpKind.IMMEDIATE8TO64,
+        iced_x86.OpKind.IMMEDIATE32TO64,
+    )
+
+
+def _memory_size(instr: iced_x86.Instruction) -> int:
+    try:
+        return int(iced_x86.MemorySizeExt.size(instr.memory_size))
+    except (AttributeError, ValueError):
+        return 0
