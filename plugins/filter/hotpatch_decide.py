@@ -106,10 +106,18 @@ def decide(
     return Decision("hotpatch", f"{would} process(es) to hotpatch, {done} already patched", 8)
 
 
-def hotpatch_decide(plan: Any, facts: Any = None, force_cold: bool = False) -> dict[str, Any]:
-    """Jinja entry: ``plan | rebootless.windows.hotpatch_decide(facts, force_cold)`` -> ``{action, reason, row}``."""
+def hotpatch_decide(
+    plan: Any, facts: Any = None, force_cold: bool = False, marker: Any = None, retry_rolled_back: bool = False
+) -> dict[str, Any]:
+    """Jinja: ``plan | rebootless.windows.hotpatch_decide(facts, force_cold, marker, retry)`` -> ``{action, reason, row}``."""
     return asdict(
-        decide(facts if isinstance(facts, dict) else None, plan if isinstance(plan, dict) else None, bool(force_cold))
+        decide(
+            facts if isinstance(facts, dict) else None,
+            plan if isinstance(plan, dict) else None,
+            bool(force_cold),
+            marker if isinstance(marker, dict) else None,
+            bool(retry_rolled_back),
+        )
     )
 
 
