@@ -93,7 +93,7 @@ def _build_key(compiler: str) -> str:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
@@ -156,7 +156,7 @@ def _build_into(out: Path, compiler: str, key: str) -> None:
         "compiler": compiler.splitlines()[0],
         "cflags": COMMON_FLAGS,
         "ldflags": [*LINK_FLAGS, APPCORE_IMAGE_BASE],
-        "variants": {v: flags for v, (flags, _) in APPCORE_VARIANTS.items()},
+        "variants": {v: flags for v, (flags, _stamp) in APPCORE_VARIANTS.items()},
         "files": files,
     }
     (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")

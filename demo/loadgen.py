@@ -228,7 +228,7 @@ class LoadGen:
         if tasks:  # every request ends within its timeout
             await asyncio.wait(set(tasks), timeout=self.timeout + 1.0)
         for st in states:
-            for _, writer in st.idle:
+            for _reader, writer in st.idle:
                 writer.close()
         return self._result_of(states, started_at, duration_s)
 
@@ -342,8 +342,8 @@ def targets_from_inventory(path: Path) -> list[Target]:
 
 
 def _parse_target(text: str) -> Target:
-    name, _, address = text.rpartition("=")
-    host, _, port = address.rpartition(":")
+    name, _eq, address = text.rpartition("=")
+    host, _colon, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: expected [NAME=]HOST:PORT")
     return Target(name or address, host, int(port))

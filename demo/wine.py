@@ -111,6 +111,7 @@ def ensure_prefix(prefix: Path = DEFAULT_PREFIX, timeout: float = 180.0) -> Path
                 text=True,
                 timeout=timeout,
                 start_new_session=True,
+                check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise WineError(f"wineboot --init did not finish in {timeout:.0f} s; remove {prefix} and retry") from exc
@@ -296,7 +297,7 @@ def shutdown_prefix_if_idle(prefix: Path = DEFAULT_PREFIX, timeout: float = 15.0
     still uses it. Raises WineError when the prefix's processes outlive ``wineserver -k`` by timeout seconds.
     """
     procs = prefix_processes(prefix)
-    if any(comm not in WINE_SYSTEM_COMMS for _, comm in procs):
+    if any(comm not in WINE_SYSTEM_COMMS for _pid, comm in procs):
         return False
     if not procs:
         return True
@@ -306,13 +307,14 @@ def shutdown_prefix_if_idle(prefix: Path = DEFAULT_PREFIX, timeout: float = 15.0
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=timeout,
+        check=False,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         left = prefix_processes(prefix)
         if not left:
             return True
-        if any(comm not in WINE_SYSTEM_COMMS for _, comm in left):
+        if any(comm not in WINE_SYSTEM_COMMS for _pid, comm in left):
             return False  # a program started meanwhile: it owns the prefix now
         time.sleep(0.05)
     raise WineError(f"Wine processes of {prefix} still alive after wineserver -k: {prefix_processes(prefix)}")
