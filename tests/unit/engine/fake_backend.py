@@ -103,6 +103,13 @@ class FakeProcess:
                 return region
         raise StrictViolation(f"access to unmapped memory 0x{address:x}+{size} in pid {self.info.pid}")
 
+    def readable(self, address: int, size: int) -> bytes:
+        """Reads may probe (ReadProcessMemory fails cleanly on unmapped pages); writes may not."""
+        for region in self.regions:
+            if region.start <= address and address + size <= region.end:
+                return bytes(region.data[address - region.start : address - region.start + size])
+        raise BackendError(f"ReadProcessMemory(0x{address:x}, {size}) failed: memory not mapped")
+
     def peek(self, address: int, size: int) -> bytes:
         region = self.region_at(address, size)
         return bytes(region.data[address - region.start : address - region.start + size])
@@ -117,8 +124,8 @@ class FakeProcess:
         function = self.functions[name]
         entry, pad_len = function.entry, function.padding_len
         current = self.peek(entry - pad_len, len(function.base))
-        if current == function.base:
-            return "base"
+        if current[pad_len:] == function.base[pad_len:]:
+            return "base"  # the padding is never executed, whatever it holds
         head = current[pad_len : pad_len + 2]
         if head != b"\xeb\xf9":
             raise StrictViolation(f"{name}: crashed executing {current[pad_len:].hex()} at the entry")
@@ -181,7 +188,7 @@ class FakeHandle:
         return [self._check("modules").module]
 
     def read(self, address: int, size: int) -> bytes:
-        return self._check("read").peek(address, size)
+        return self._check("read").readable(address, size)
 
     def write(self, address: int, data: bytes) -> None:
         proc = self._check("write")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+from typing import Callable, Optional
 
 from ..backends.base import ProcessHandle
 from ..errors import EngineError
@@ -13,22 +14,34 @@ from .quiesce import quiesce_clear
 __all__ = ["free_when_idle", "release_blob"]
 
 
-def release_blob(handle: ProcessHandle, record: ProcessRecord, table_registered: bool = True) -> str:
+def release_blob(
+    handle: ProcessHandle, record: ProcessRecord, save: Callable[[], None], table_registered: bool = True
+) -> str:
     """Delete the unwind table (if one was registered) and free the blob; returns a note ("" when clean).
 
-    Only for a blob no thread can reach: never redirected to, or checked idle by ``free_when_idle``. When the
-    table is known to be registered and cannot be removed, the blob is kept (the target's unwinder still points
-    into it); when it may never have been registered (the engine died while staging), failing to remove it is
-    expected and the blob is freed.
+    Only for a blob no thread can reach: never redirected to, or checked idle by ``free_when_idle``. The record
+    is marked ``releasing`` (and saved) first, so a run killed half-way is resumed without freeing twice: a blob
+    that is unreadable or holds other bytes than ours (``blob_sha256``) was already freed. When the table is known
+    to be registered and cannot be removed, the blob is kept (the target's unwinder still points into it).
     """
+    resumed = record.releasing
+    if not resumed:
+        record.releasing = True
+        save()
     notes = []
-    if record.unwind_table is not None:
+    if record.unwind_table is not None and not record.table_removed:
         try:
             handle.delete_function_table(record.unwind_table)
         except EngineError as exc:
-            if table_registered:
+            if table_registered and not resumed:
+                record.releasing = False
                 return f"unwind table at 0x{record.unwind_table:x} not removed ({exc}); blob kept"
             notes.append(f"unwind table at 0x{record.unwind_table:x} was not registered ({exc})")
+        record.table_removed = True
+        fault_point("release_after_table")
+    if resumed and not _still_ours(handle, record):
+        record.blob_freed = True
+        return "; ".join(notes)
     try:
         handle.free(record.blob_address, record.blob_size)
         record.blob_freed = True
@@ -37,7 +50,17 @@ def release_blob(handle: ProcessHandle, record: ProcessRecord, table_registered:
     return "; ".join(notes)
 
 
-def free_when_idle(handle: ProcessHandle, record: ProcessRecord, retries: int, delay_ms: int) -> Optional[str]:
+def _still_ours(handle: ProcessHandle, record: ProcessRecord) -> bool:
+    try:
+        data = handle.read(record.blob_address, record.blob_size)
+    except EngineError:
+        return False
+    return not record.blob_sha256 or hashlib.sha256(data).hexdigest() == record.blob_sha256
+
+
+def free_when_idle(
+    handle: ProcessHandle, record: ProcessRecord, save: Callable[[], None], retries: int, delay_ms: int
+) -> Optional[str]:
     """Free the blob once no thread executes in it nor (best effort) holds a return address into it.
 
     The jumps must already be gone: after one clean check no thread can enter the blob again, so the table is
@@ -51,5 +74,5 @@ def free_when_idle(handle: ProcessHandle, record: ProcessRecord, retries: int, d
         return f"blob kept for a later run: {busy.reason}"
     quiesced.resume()
     fault_point("rollback_before_free")
-    note = release_blob(handle, record)
+    note = release_blob(handle, record, save)
     return note or None

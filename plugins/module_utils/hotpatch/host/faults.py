@@ -35,6 +35,7 @@ STEPS: Tuple[str, ...] = (
     "rollback_after_restore",  # every original byte restored, threads still stopped
     "rollback_after_resume",
     "rollback_before_free",  # jumps gone, unwind table and blob still in the target
+    "release_after_table",  # unwind table removed, blob not yet freed (rollback, abort and recovery alike)
     "rollback_after_free",  # blob freed, journal not yet completed
     # stage / unstage (cold path)
     "stage_after_intent",

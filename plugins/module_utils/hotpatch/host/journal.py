@@ -81,6 +81,9 @@ class ProcessRecord:
     writes: List[JournalWrite] = field(default_factory=list)
     state: str = "staging"
     blob_freed: bool = False
+    blob_sha256: str = ""  # of the relocated blob as written: tells our blob from memory reused after a free
+    releasing: bool = False  # set (and saved) before the table is removed and the blob freed
+    table_removed: bool = False
     note: str = ""
     updated: str = ""
 

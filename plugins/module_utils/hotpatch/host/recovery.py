@@ -100,7 +100,7 @@ def _settle(
     handle: ProcessHandle, journal: Journal, record: ApplyJournal, proc: ProcessRecord, options: Options
 ) -> None:
     if proc.state == "staging":  # no jump was written: the blob is unreachable
-        note = release_blob(handle, proc, table_registered=False)
+        note = release_blob(handle, proc, lambda: journal.save(record), table_registered=False)
         journal.touch(proc, "aborted", note or "apply interrupted while staging; blob freed")
         return
     if proc.state in ("switching", "rolling_back"):
@@ -128,7 +128,7 @@ def _settle(
         final = "aborted" if proc.state == "switching" else "rolled_back"
         journal.touch(proc, final, f"{proc.state} interrupted; original code restored")
         journal.save(record)
-    kept = free_when_idle(handle, proc, options.retries, options.retry_delay_ms)
+    kept = free_when_idle(handle, proc, lambda: journal.save(record), options.retries, options.retry_delay_ms)
     if kept:
         proc.note = kept
 

@@ -128,7 +128,13 @@ class RollbackTransaction:
         self.result.pause_us = pause_us
         self.journal.touch(self.record, "rolled_back")
         self.journal.save(self.file)
-        note = free_when_idle(self.target.handle, self.record, self.options.retries, self.options.retry_delay_ms)
+        note = free_when_idle(
+            self.target.handle,
+            self.record,
+            lambda: self.journal.save(self.file),
+            self.options.retries,
+            self.options.retry_delay_ms,
+        )
         if self.record.blob_freed:
             fault_point("rollback_after_free")
         if note:

@@ -7,6 +7,7 @@ threads are still stopped, so no thread ever sees a half-written jump.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -152,7 +153,9 @@ class PatchTransaction:
         self.journal.save(self.file)
         fault_point("apply_after_allocate")
         try:
-            handle.write(address, relocate(self.package.blob, self.manifest.relocations, address, base))
+            code = relocate(self.package.blob, self.manifest.relocations, address, base)
+            self.record.blob_sha256 = hashlib.sha256(code.ljust(size, b"\0")).hexdigest()
+            handle.write(address, code)
             handle.protect(address, size, PROT_RX)
             fault_point("apply_after_blob")
             if self.record.unwind_table is not None:
@@ -262,8 +265,11 @@ class PatchTransaction:
         """Undo staging: unregister the unwind table, free the blob, mark the record aborted."""
         if self.record is None:
             return
-        note = release_blob(self.target.handle, self.record, self._table_registered)
+        note = release_blob(self.target.handle, self.record, self._save, self._table_registered)
         self.journal.touch(self.record, "aborted", note)
+        self.journal.save(self.file)
+
+    def _save(self) -> None:
         self.journal.save(self.file)
 
     def _set(self, result: str, before: str, after: str, reason: Optional[str] = None) -> None:
