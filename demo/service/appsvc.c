@@ -122,7 +122,8 @@ int main(int argc, char **argv)
     hb = CreateThread(NULL, 0, heartbeat_thread, NULL, 0, NULL);
     if (hb)
         CloseHandle(hb);
-    printf("appsvc: listening on 127.0.0.1:%d, %s (%s)\n", port, appcore_version(), appcore_build_id());
+    printf("appsvc: listening on 127.0.0.1:%d, %s (%s), Windows PID %lu\n", port, appcore_version(), appcore_build_id(),
+           (unsigned long)GetCurrentProcessId());
 
     for (;;) {
         SOCKET c = accept(ls, NULL, NULL);
