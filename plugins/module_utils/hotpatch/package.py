@@ -41,7 +41,9 @@ import io
 import json
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -82,6 +84,20 @@ SHORT_JUMP_SIZE = 2  # EB rel8
 # Fixed zip metadata so that the same inputs give byte-identical packages.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP_MODE = (stat.S_IFREG | 0o644) << 16
+
+# Everything zipfile and its decompressors raise on damaged or hostile archives (found by fuzzing: zlib.error
+# for a corrupt deflate stream, RuntimeError for an encrypted member, NotImplementedError for other methods).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    OSError,
+    OverflowError,
+    struct.error,
+)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _U32 = 0xFFFFFFFF
@@ -319,7 +335,7 @@ def read_package(source: Union[str, bytes], limits: Limits = Limits()) -> Packag
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise PackageError(f"package is not a readable zip archive: {exc}") from exc
     with archive:
         members = _read_members(archive, infos, limits)
@@ -367,7 +383,7 @@ def _read_members(archive: zipfile.ZipFile, infos: Sequence[zipfile.ZipInfo], li
         try:
             with archive.open(info) as handle:
                 data = handle.read(cap + 1)
-        except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
+        except _ZIP_ERRORS as exc:
             raise PackageError(f"package member {name!r} cannot be read: {exc}") from exc
         if len(data) != info.file_size:
             raise PackageError(f"package member {name!r} does not have its declared size")
