@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def _runs_old_or_new(proc: FakeProcess) -> set[str]:
     return set(proc.code().values())
 
 
-def _open_records(state_dir: Path) -> list[dict]:  # type: ignore[type-arg]
+def _open_records(state_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted((state_dir / "journal").glob("*.json"))]
 
 

@@ -36,7 +36,7 @@ def recover(backend: Backend, journal: Journal, options: Options) -> List[Dict[s
     live = None
     for record in journal.records():
         if isinstance(record, StageJournal):
-            if not record.final:
+            if record.state in ("staging", "unstaging"):
                 before = record.state
                 settle_stage(journal, record)
                 actions.append(
