@@ -37,6 +37,7 @@ __all__ = [
     "FILE_NAMES",
     "ActionModule",
     "HostEntry",
+    "attach_loadgen",
     "build_report",
     "redact",
     "render_html",
@@ -289,6 +290,15 @@ def _load_summary(loadgen: Mapping[str, Any], entries: list[HostEntry]) -> dict[
         "groups": groups,
         "series": [series[k] for k in sorted(series)],
     }
+
+
+def attach_loadgen(report: Mapping[str, Any], loadgen: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of a built report (e.g. read back from hotpatch-report.json) with the load generator's figures
+    attached, grouped by each host's result; used after the run, when the load generator has stopped."""
+    entries = [HostEntry(host=h["host"], result=h["result"]) for h in report["hosts"]]
+    updated = dict(report)
+    updated["loadgen"] = _load_summary(loadgen, entries)
+    return updated
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------------

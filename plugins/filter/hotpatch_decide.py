@@ -6,7 +6,8 @@ Inputs are what the role already holds: the host's ``ansible_facts.hotpatch`` (w
 ====  =====================================================================  ========  ==========================
 row   condition                                                              decision  reason starts with
 ====  =====================================================================  ========  ==========================
-1     the plan failed as a whole (package/signature/image rejected, lock)    fail      ``plan failed``
+1     the plan failed as a whole (package/signature rejected, lock; or a     fail      ``plan failed``
+      process failed for a reason a restart would not fix)
 2     every matching process already runs this package's code                skip      ``already applied``
 3     the package is staged on disk and no process still runs the base code  skip      ``cold patch in place``
 4     policy ``hotpatch_force_cold``                                         cold      ``policy``
@@ -50,6 +51,8 @@ def _listed(packages: Any, key: tuple[str, str]) -> bool:
     if not key[0] and not key[1]:
         return False
     for entry in packages or []:
+        if isinstance(entry, dict) and isinstance(entry.get("package"), dict):
+            entry = entry["package"]  # the engine may nest the package identity in a journal entry
         ident, sha = _package_key(entry) if isinstance(entry, dict) else (str(entry), "")
         if key[1] and sha:
             if sha == key[1]:
@@ -73,7 +76,8 @@ def decide(
     facts = facts or {}
     plan = plan or {}
     reasons = [str(r) for r in plan.get("reasons") or [] if r]
-    if plan.get("failed"):
+    # Exit code 1 is per-process (refused/failed processes): a restart may fix those, so the table goes on.
+    if plan.get("failed") and not (plan.get("engine_rc") == 1 and plan.get("cold_patch_required")):
         message = plan.get("msg") or "; ".join(reasons) or "no message"
         return Decision("fail", f"plan failed: {message}", 1)
     processes = [p for p in plan.get("processes") or [] if isinstance(p, dict)]

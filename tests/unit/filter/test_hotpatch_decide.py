@@ -67,6 +67,21 @@ def test_base_image_mismatch_goes_cold_with_the_engine_reason() -> None:
     assert d.reason == reason
 
 
+def test_plan_failing_only_because_a_process_was_refused_goes_cold() -> None:
+    reason = "appsvc.exe (pid 100): appcore.dll is not the pinned base image: use the cold path"
+    p = plan("refused", cold_patch_required=True, reasons=[reason], failed=True, engine_rc=1, msg="plan: 1 of 1 ...")
+    assert decide({}, p).action == "cold"
+    p["cold_patch_required"] = False
+    assert decide({}, p).action == "fail"
+
+
+def test_staged_entry_nested_in_a_journal_record_counts() -> None:
+    facts = {"staged": [{"path": "x/appcore.dll", "package": {"id": PACKAGE["id"], "sha256": PACKAGE["sha256"]}}]}
+    after_restart = plan("refused", cold_patch_required=True)
+    after_restart["processes"][0]["code_before"] = "unknown"
+    assert decide(facts, after_restart).action == "skip"
+
+
 def test_cold_only_package_goes_cold() -> None:
     p = plan("would_patch", reasons=["fee: data layout changed"])
     p["package"]["hotpatchable"] = False
