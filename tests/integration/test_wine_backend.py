@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _ptrace, _remote, _stop
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _ptrace, _stop
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.wine import (
     WineBackend,
     WineProcess,
@@ -488,19 +488,25 @@ def test_remote_calls_on_every_kind_of_thread_leave_its_registers_as_they_were(
     blob, _code, table = _unwind_blob(handle, base, target.thrower)
     add = handle._export("ntdll.dll", "RtlAddFunctionTable")
     delete = handle._export("ntdll.dll", "RtlDeleteFunctionTable")
-    trap = handle._find_bytes(b"\xcc", ("ntdll.dll",))
+    nt_yield = handle._export("ntdll.dll", "NtYieldExecution")  # an NT system call: nested inside a blocked one
     before = target.wait_calls(0)
+    kinds = set()
     for _round in range(20):
         quiesced = handle.quiesce()
         try:
             for task in quiesced.stopped.tasks.values():
-                regs = _ptrace.get_regs(task.tid)
-                assert _remote.remote_call(quiesced.stopped, task, add, (table, 1, base), trap, handle.write) & 0xFF
-                assert _remote.remote_call(quiesced.stopped, task, delete, (table,), trap, handle.write) & 0xFF
-                assert bytes(_ptrace.get_regs(task.tid)) == bytes(regs)
+                if task.in_syscall and handle._unix_side(task) is None:
+                    continue  # never picked for a call (see _pick_task)
+                kinds.add("blocked in an NT system call" if task.in_syscall else "running its own code")
+                regs = bytes(_ptrace.get_regs(task.tid))
+                assert handle._call_on(quiesced.stopped, task, add, (table, 1, base)) & 0xFF
+                assert handle._call_on(quiesced.stopped, task, delete, (table,)) & 0xFF
+                assert handle._call_on(quiesced.stopped, task, nt_yield, ()) & 0xFFFFFFFF in (0, 0x40000024)
+                assert bytes(_ptrace.get_regs(task.tid)) == regs
         finally:
             quiesced.resume()
-    assert target.ask("call 5") == "11"
+    assert kinds == {"blocked in an NT system call", "running its own code"}
+    assert target.ask("call 5") == "11"  # the main thread, blocked in ReadFile during every call, still answers
     after = target.wait_calls(before[0])
     assert after[3] == 0 and after[0] > before[0]
     handle.free(blob, 0x1000)
@@ -510,12 +516,11 @@ def test_remote_call_that_never_returns_times_out_and_the_process_keeps_running(
     target: Target, handle: WineProcess
 ) -> None:
     sleep = handle._export("kernel32.dll", "Sleep")
-    trap = handle._find_bytes(b"\xcc", ("ntdll.dll",))
     quiesced = handle.quiesce()
     try:
         task = handle._pick_task(quiesced.stopped, for_call=True)
         with pytest.raises(BackendError, match="timed out"):
-            _remote.remote_call(quiesced.stopped, task, sleep, (0xFFFFFFFF,), trap, handle.write, 200_000_000)
+            handle._call_on(quiesced.stopped, task, sleep, (0xFFFFFFFF,), 200_000_000)
     finally:
         quiesced.resume()
     before = target.stats()

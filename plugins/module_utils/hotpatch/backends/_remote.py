@@ -93,17 +93,18 @@ def remote_call(
     trap: int,
     write: Callable[[int, bytes], None],
     timeout_ns: int = CALL_TIMEOUT_NS,
+    stack: int = 0,
 ) -> int:
     """Call ``function(args...)`` (Windows x64 ABI: rcx, rdx, r8, r9) on ``task`` and return rax.
 
-    The frame goes below the task's red zone, 16-byte aligned with 32 bytes of shadow space, and returns onto
+    The frame goes below the red zone of ``stack`` (default: the task's rsp), 16-byte aligned with 32 bytes of shadow space, and returns onto
     the ``cc`` at ``trap``. Only this task runs; every other task stays stopped, so a function that waits for
     a lock a stopped task holds times out (BackendError) instead of hanging. Faults inside the call
     (SIGSEGV, ...) are not delivered: the registers are restored and BackendError is raised.
     """
     saved = _ptrace.get_regs(task.tid)
     fpstate = _ptrace.get_xstate(task.tid)
-    shadow = (saved.rsp - RED_ZONE - 256) & ~0xF
+    shadow = ((stack or saved.rsp) - RED_ZONE - 256) & ~0xF
     regs = saved.copy()
     for name, value in zip(("rcx", "rdx", "r8", "r9"), args):
         setattr(regs, name, value & _MASK64)

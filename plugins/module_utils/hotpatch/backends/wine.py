@@ -23,8 +23,10 @@ from typing import Dict, Iterator, List, Optional, Sequence
 from ..errors import BackendError
 from . import _procfs
 from ._procfs import Mapping
-from ._remote import remote_call, remote_syscall
+from ._ptrace import get_xstate
+from ._remote import CALL_TIMEOUT_NS, RED_ZONE, remote_call, remote_syscall
 from ._stop import StoppedProcess, StoppedTask, stop_all
+from ._winelayout import WineLayout, probe
 from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
 
 __all__ = ["Allocation", "WineBackend", "WineProcess", "WineQuiesced"]
@@ -43,11 +45,24 @@ _PROT_BITS = {
     PROT_RWX: PROT_READ | PROT_WRITE | PROT_EXEC,
 }
 
-# Wine 8 x86-64 TEB layout (gs base = TEB): NT_TIB StackBase/StackLimit, and the thread's syscall frame,
-# whose +0x88 holds the Windows-side rsp while the thread runs Unix-side code (seen in
-# __wine_syscall_dispatcher: `mov %gs:0x328,%rcx` ... `mov %rsp,0x88(%rcx)`).
-TEB_STACK_BASE, TEB_STACK_LIMIT, TEB_SYSCALL_FRAME, FRAME_RSP = 0x08, 0x10, 0x328, 0x88
+# NT_TIB in the TEB (gs base = TEB): StackBase, StackLimit. Wine puts each thread's Unix-side ("kernel") stack
+# right above StackBase, with the syscall frame at its top (offsets of the frame: see _winelayout).
+TEB_STACK_BASE = 0x08
+KERNEL_STACK_MAX = 0x400000
+FRAME_HEADER = 0xC0  # registers before the XSAVE area of Wine's syscall frame
+NESTED_STACK = 0x40000  # Unix-side stack left below a fresh frame for a nested NT system call
 _WINE_PE_DIR = "-windows/"  # Wine's own PE DLLs live in .../wine/x86_64-windows/
+
+
+@dataclass(frozen=True)
+class _UnixSide:
+    """A thread blocked in Wine's Unix-side code: its TEB, syscall frame, Windows-side rsp and StackBase (the
+    low end of its Unix-side stack)."""
+
+    teb: int
+    frame: int
+    windows_rsp: int
+    stack_base: int
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ class WineProcess:
         self._exports: Dict[str, int] = {}
         self._syscall_gadget = 0
         self._trap_gadget = 0
+        self._wine_layout: Optional[WineLayout] = None
+        self._layout_probed = False
 
     # -- context manager -------------------------------------------------------------------------------------
 
@@ -248,15 +265,9 @@ class WineProcess:
         low = exec_ranges[0][0] if exec_ranges else 0
         high = exec_ranges[-1][1] if exec_ranges else 0
         windows = [task.regs.rsp]
-        teb = task.regs.gs_base
-        if teb:
-            with contextlib.suppress(BackendError):
-                base, limit = struct.unpack("<QQ", self.read(teb + TEB_STACK_BASE, 16))
-                if limit <= base and not limit <= task.regs.rsp < base:
-                    frame = struct.unpack("<Q", self.read(teb + TEB_SYSCALL_FRAME, 8))[0]
-                    pe_rsp = struct.unpack("<Q", self.read(frame + FRAME_RSP, 8))[0] if frame else 0
-                    if limit <= pe_rsp < base:
-                        windows.append(pe_rsp)
+        unix = self._unix_side(task)
+        if unix is not None:
+            windows.append(unix.windows_rsp)
         found: List[int] = []
         for rsp in windows:
             mapping = _procfs.find_mapping(maps, rsp)
@@ -300,27 +311,58 @@ class WineProcess:
         return remote_syscall(stopped, task, self._syscall_gadget, number, args)
 
     def _pick_task(self, stopped: StoppedProcess, for_call: bool) -> StoppedTask:
-        """A task we may borrow. Tasks holding a signal are never used (their stop must stay as found). For a
-        call into Windows code, prefer one stopped in the program's own code (a nested NT system call is safe
-        there, and it holds no ntdll lock), then one blocked in a Linux system call (what was measured to work:
-        safe while the called function makes no NT system call), then any."""
+        """A task we may borrow. Tasks holding a signal are never used (their stop must stay as found).
+
+        For a call into Windows code: first a thread blocked in an NT system call (it is idle; the call gets a
+        fresh syscall frame, see _call_on), then one stopped in the program's own code (outside Wine's DLLs,
+        so it holds no ntdll lock). A thread elsewhere in Wine's code is never used: a nested NT system call
+        there would overwrite its live syscall frame (measured: the thread dies at its next system call).
+        """
         usable = [t for t in stopped.tasks.values() if not t.held_signal]
         if not usable:
             raise BackendError(f"process {self._pid}: every thread is stopped on a pending signal; try again")
         if not for_call:
             return usable[0]
+        for task in usable:
+            if task.in_syscall and self._unix_side(task) is not None:
+                return task
         own = [
             (m.base, m.base + m.size)
             for m in self.modules()
             if _WINE_PE_DIR not in m.path.replace("\\", "/") and m.name.lower() != "ntdll.dll"
         ]
-
-        def rank(task: StoppedTask) -> int:
+        for task in usable:
             if not task.in_syscall and any(lo <= task.regs.rip < hi for lo, hi in own):
-                return 0
-            return 1 if task.in_syscall else 2
+                return task
+        raise BackendError(
+            f"process {self._pid}: no thread is at a point where a call into the process is safe (all are inside "
+            "Wine's own code, or this Wine version's syscall frame layout is unknown); try again"
+        )
 
-        return sorted(usable, key=rank)[0]
+    def _layout(self) -> Optional[WineLayout]:
+        if not self._layout_probed:
+            self._wine_layout = probe(self._maps(), self.read)
+            self._layout_probed = True
+        return self._wine_layout
+
+    def _unix_side(self, task: StoppedTask) -> Optional[_UnixSide]:
+        """Where a thread running Wine's Unix-side code keeps its Windows-side state, or None when the thread
+        is on its Windows stack (or the layout is unknown)."""
+        layout = self._layout()
+        teb = int(task.regs.gs_base)
+        if layout is None or not teb:
+            return None
+        try:
+            stack_base, stack_limit = struct.unpack("<QQ", self.read(teb + TEB_STACK_BASE, 16))
+            frame = struct.unpack("<Q", self.read(teb + layout.teb_syscall_frame, 8))[0]
+            if not stack_base <= task.regs.rsp < frame or frame - task.regs.rsp > KERNEL_STACK_MAX:
+                return None
+            windows_rsp = struct.unpack("<Q", self.read(frame + layout.frame_rsp, 8))[0]
+        except BackendError:
+            return None
+        if not stack_limit <= windows_rsp < stack_base:
+            return None
+        return _UnixSide(teb, int(frame), int(windows_rsp), int(stack_base))
 
     def _export(self, dll: str, name: str) -> int:
         """VA of ``dll!name`` parsed from the export directory of the module in memory (cached)."""
@@ -347,11 +389,37 @@ class WineProcess:
         raise BackendError(f"process {self._pid}: {dll} exports no {name}")
 
     def _call(self, function: int, args: Sequence[int]) -> int:
+        with self._stopped() as stopped:
+            return self._call_on(stopped, self._pick_task(stopped, for_call=True), function, args)
+
+    def _call_on(
+        self, stopped: StoppedProcess, task: StoppedTask, function: int, args: Sequence[int], timeout_ns: int = 0
+    ) -> int:
+        """Call ``function`` on ``task``. A thread blocked in an NT system call runs it on its Windows stack
+        with a fresh syscall frame below the live one (TEB pointer moved there for the call, as Wine does for
+        its own user-mode callbacks), so an NT system call made by ``function`` cannot clobber the blocked one."""
         if not self._trap_gadget:
             self._trap_gadget = self._find_bytes(b"\xcc", ("ntdll.dll", "ntdll.so"))
-        with self._stopped() as stopped:
-            task = self._pick_task(stopped, for_call=True)
-            return remote_call(stopped, task, function, args, self._trap_gadget, self.write)
+        timeout_ns = timeout_ns or CALL_TIMEOUT_NS
+        unix = self._unix_side(task) if task.in_syscall else None
+        layout = self._layout()
+        if unix is None or layout is None:
+            return remote_call(stopped, task, function, args, self._trap_gadget, self.write, timeout_ns)
+        mapping = _procfs.find_mapping(self._maps(), unix.frame)
+        room = (mapping.end - unix.frame) if mapping is not None else 0
+        size = min(FRAME_HEADER + len(get_xstate(task.tid)[1]), room)
+        fresh = (task.regs.rsp - RED_ZONE - 0x400 - size) & ~0x3F
+        if size < FRAME_HEADER or fresh - NESTED_STACK < unix.stack_base:
+            raise BackendError(f"process {self._pid}: thread {task.tid} has no room for a nested syscall frame")
+        pointer = unix.teb + layout.teb_syscall_frame
+        self.write(fresh, self.read(unix.frame, size))
+        self.write(pointer, struct.pack("<Q", fresh))
+        try:
+            return remote_call(
+                stopped, task, function, args, self._trap_gadget, self.write, timeout_ns, unix.windows_rsp
+            )
+        finally:
+            self.write(pointer, struct.pack("<Q", unix.frame))
 
     # -- allocation ---------------------------------------------------------------------------------------------
 
