@@ -111,17 +111,11 @@ def _package(document: dict[str, Any], package: PackageInfo | None) -> dict[str,
 
 
 def _staged(document: dict[str, Any], package: dict[str, Any]) -> bool:
-    """Whether ``status`` lists this package as staged (matched by package id or SHA-256)."""
-    for entry in document.get("staged") or []:
-        if not isinstance(entry, dict):
-            continue
-        nested = entry.get("package")
-        ident: dict[str, Any] = nested if isinstance(nested, dict) else entry
-        if (package.get("sha256") and ident.get("sha256") == package["sha256"]) or (
-            package.get("id") and ident.get("id") == package["id"]
-        ):
-            return True
-    return False
+    """Whether ``status`` lists this package as staged on disk (entries name their package by id)."""
+    return any(
+        isinstance(entry, dict) and entry.get("package") == package.get("id") and entry.get("state") == "staged"
+        for entry in document.get("staged") or []
+    )
 
 
 def _diff(processes: list[dict[str, Any]]) -> dict[str, str]:

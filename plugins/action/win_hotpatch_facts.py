@@ -23,15 +23,21 @@ ARGUMENT_SPEC: dict[str, Any] = {
 
 # Fact -> keys the engine's ``facts`` object may carry it under (first present wins); absent facts stay None.
 _FACT_KEYS: dict[str, tuple[str, ...]] = {
-    "os_product": ("os_product", "product", "product_name"),
-    "os_build": ("os_build", "build", "current_build"),
-    "os_ubr": ("os_ubr", "ubr"),
+    "os_product": ("product_name", "os_product"),
+    "os_build": ("current_build", "os_build"),
+    "os_ubr": ("ubr", "os_ubr"),
+    "os_edition": ("edition_id",),
+    "os_display_version": ("display_version",),
+    "wine_version": ("wine_version",),
+    "kernel": ("kernel",),
+    "hostname": ("hostname",),
+    "python_version": ("python_version",),
     "vbs": ("vbs", "vbs_state"),
     "enrolment": ("enrolment", "hotpatch_enrolment", "enrollment"),
     "pending_reboot": ("pending_reboot", "reboot_pending"),
     "pending_reboot_reasons": ("pending_reboot_reasons", "reboot_reasons"),
 }
-_PROCESS_KEYS = ("pid", "windows_pid", "name", "start_time", "module_base", "code_before")
+_PROCESS_KEYS = ("pid", "windows_pid", "name", "start_time")
 
 
 def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, Any]:
@@ -51,8 +57,13 @@ def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, An
     facts["module"] = module
     listed = document.get("processes")
     processes: list[Any] = listed if isinstance(listed, list) else []
+    # inspect reports each process that loads the module with the module's path on disk in ``reason``.
     facts["processes"] = (
-        [{key: item.get(key) for key in _PROCESS_KEYS if key in item} for item in processes if isinstance(item, dict)]
+        [
+            {**{key: item.get(key) for key in _PROCESS_KEYS}, "module_path": item.get("reason")}
+            for item in processes
+            if isinstance(item, dict)
+        ]
         if module
         else []
     )

@@ -86,6 +86,30 @@ ansible_facts:
           description: Update build revision (UBR), null when unknown.
           type: int
           sample: 1742
+        os_edition:
+          description: Windows edition (EditionID), null when unknown.
+          type: str
+          sample: ServerDatacenter
+        os_display_version:
+          description: Windows display version (DisplayVersion), null when unknown.
+          type: str
+          sample: 24H2
+        wine_version:
+          description: Wine version on Wine hosts, null elsewhere.
+          type: str
+          sample: wine-8.0
+        kernel:
+          description: Linux kernel release on Wine hosts, null elsewhere.
+          type: str
+          sample: 6.1.0-18-amd64
+        hostname:
+          description: Host name as the engine sees it.
+          type: str
+          sample: web01
+        python_version:
+          description: Version of the Python that runs the engine.
+          type: str
+          sample: 3.12.7
         vbs:
           description: Virtualization-based security state as the engine reports it, null when unknown.
           type: raw
@@ -121,7 +145,8 @@ ansible_facts:
           description: Processes that load O(module) (empty when O(module) is not set).
           type: list
           elements: dict
-          sample: [{"pid": 4242, "name": "appsvc.exe", "start_time": "133700000000000000"}]
+          sample: [{"pid": 4242, "windows_pid": null, "name": "appsvc.exe", "start_time": "133700000000000000",
+                    "module_path": "C:\\Program Files\\AppSvc\\appcore.dll"}]
 engine_rc:
   description: Exit code of the engine (0 on success).
   returned: always

@@ -342,8 +342,10 @@ def test_engine_exit_codes_become_failures_with_the_engine_message(engine: Any, 
 def test_facts_run_inspect_and_return_documented_keys(engine: Any) -> None:
     document = reply(
         "inspect",
-        facts={"os_product": "Windows Server 2025", "os_build": "26100", "os_ubr": 1742, "pending_reboot": False},
-        processes=[{"pid": 5, "name": "appsvc.exe", "start_time": "1"}],
+        facts={"product_name": "Windows Server 2025", "current_build": "26100", "ubr": 1742, "pending_reboot": False},
+        processes=[
+            {"pid": 5, "name": "appsvc.exe", "start_time": "1", "result": "loaded", "reason": "C:\\a\\appcore.dll"}
+        ],
         applied=[{"id": "appcore-fix"}],
     )
     connection = StrictConnection("cmd", Host(True, [engine.sha256], document=document), remote_tmp="C:\\Windows\\TEMP")
@@ -352,6 +354,8 @@ def test_facts_run_inspect_and_return_documented_keys(engine: Any) -> None:
     assert result["changed"] is False
     assert facts["os_build"] == "26100" and facts["os_ubr"] == 1742
     assert facts["vbs"] is None and facts["enrolment"] is None and facts["pending_reboot_reasons"] == []
-    assert facts["processes"] == [{"pid": 5, "name": "appsvc.exe", "start_time": "1"}]
+    assert facts["processes"] == [
+        {"pid": 5, "windows_pid": None, "name": "appsvc.exe", "start_time": "1", "module_path": "C:\\a\\appcore.dll"}
+    ]
     assert facts["applied"] == [{"id": "appcore-fix"}]
     assert "'inspect'" in script_lines(execs(connection)[2])[2]
