@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..backends.base import PROT_RX, Quiesced
-from ..errors import BackendError, EngineError
+from ..errors import BackendError, EngineError, JournalError
 from ..package import LONG_JUMP_SIZE, SHORT_JUMP_SIZE, Package
 from .blob import release_blob
 from .codestate import FileHashes, check_image, code_of, describe_other, read_functions
@@ -85,7 +85,7 @@ class PatchTransaction:
     # -- the pipeline ------------------------------------------------------------------------------------------
 
     def run(self) -> ProcessResult:
-        """verify -> stage -> quiesce -> switch -> resume -> journal; see the module docstring."""
+        """verify -> stage -> journal intent -> quiesce -> switch -> resume -> journal; see the module docstring."""
         try:
             if not self.verify():
                 return self.result
@@ -93,6 +93,7 @@ class PatchTransaction:
                 self._set("would_patch", "base", "patched")
                 return self.result
             self.stage()
+            self.journal_intent()
             quiesced = self.quiesce()
             if quiesced is None:
                 return self.result
@@ -195,11 +196,11 @@ class PatchTransaction:
             self._set("failed", "base", "base", f"threads stayed busy: {busy.reason}; try again later")
         return quiesced
 
-    def switch(self, quiesced: Quiesced) -> None:
-        """Write every long jump into its padding, then every short jump over its entry, then flush. Threads
-        are stopped; on any failure every byte written so far is restored before resuming."""
+    def journal_intent(self) -> None:
+        """Write ahead, before any thread stops: every write of the switch with its original bytes (the fsync
+        stays out of the pause)."""
         assert self.record is not None
-        handle, base = self.target.handle, self.target.module.base
+        base = self.target.module.base
         padding: List[JournalWrite] = []
         entries: List[JournalWrite] = []
         for function in self.manifest.functions:
@@ -209,22 +210,29 @@ class PatchTransaction:
             entry_original = function.entry[:SHORT_JUMP_SIZE]
             entries.append(JournalWrite(function.name, "entry", entry_at, entry_original.hex(), short_jump.hex()))
         self.record.writes = padding + entries
+        self.journal.touch(self.record, "switching")
         try:
-            self.journal.touch(self.record, "switching")
             self.journal.save(self.file)
-        except OSError:
-            quiesced.resume()
+        except OSError as exc:
             self._abort_staged()
-            raise
+            raise JournalError(f"cannot write the journal in {self.journal.dir}: {exc.strerror}") from exc
+
+    def switch(self, quiesced: Quiesced) -> None:
+        """Write every long jump into its padding, then every short jump over its entry, then flush. Threads
+        are stopped; on any failure every byte written so far is restored before resuming."""
+        assert self.record is not None
+        handle, base = self.target.handle, self.target.module.base
+        writes = self.record.writes
+        first_padding, first_entry = writes[0], writes[len(writes) // 2]
         fault_point("apply_after_quiesce")
         written: List[JournalWrite] = []
         try:
             for write in self.record.writes:
                 handle.write(write.address, bytes.fromhex(write.new))
                 written.append(write)
-                if write is padding[0]:
+                if write is first_padding:
                     fault_point("apply_after_padding")
-                elif write is entries[0]:
+                elif write is first_entry:
                     fault_point("apply_after_entry")
             for function in self.manifest.functions:
                 handle.flush_instruction_cache(base + function.padding_rva, len(function.padding) + SHORT_JUMP_SIZE)

@@ -102,6 +102,7 @@ class Engine:
         with self._targets(package.manifest.module) as targets:
             for target in targets:
                 proc = _process_result(target, "not_patched")
+                proc.functions = len(package.manifest.functions)
                 image = check_image(target.handle, target.module, package.manifest, hashes)
                 if image.image == "patched":
                     code, reason = "patched", image.reason
