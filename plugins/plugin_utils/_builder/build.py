@@ -63,7 +63,7 @@ class BuildRefused(Exception):
         lines = "\n".join(f"- {r.function}: {r.reason}" for r in refusals)
         super().__init__(
             f"the patch cannot be hotpatched ({len(refusals)} refusal(s)); fix them or allow a cold-only "
-            f"package (cold_only_ok):\n{lines}"
+            f"package (cold_only_ok, --cold-only-ok):\n{lines}"
         )
 
 
