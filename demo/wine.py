@@ -11,6 +11,7 @@ never mistaken for a service; a zombie counts as stopped (PID 1 on this machine 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -293,28 +294,36 @@ def prefix_processes(prefix: Path = DEFAULT_PREFIX) -> list[tuple[int, str]]:
 def shutdown_prefix_if_idle(prefix: Path = DEFAULT_PREFIX, timeout: float = 15.0) -> bool:
     """Stop wineserver and Wine's own programs in prefix, unless a user program still runs there.
 
-    Returns True when no process of the prefix is left, False when a user program (another fleet, a test)
-    still uses it. Raises WineError when the prefix's processes outlive ``wineserver -k`` by timeout seconds.
+    ``wineserver -k`` first; whatever of Wine's own is left after half of timeout seconds gets SIGKILL (a busy
+    machine can be slow to let them go). Returns True when no process of the prefix is left, False when a user
+    program (another fleet, a test) uses it. Raises WineError when a process of the prefix survives SIGKILL.
     """
     procs = prefix_processes(prefix)
     if any(comm not in WINE_SYSTEM_COMMS for _pid, comm in procs):
         return False
     if not procs:
         return True
-    subprocess.run(
-        [str(WINESERVER), "-k"],
-        env=wine_environ(prefix),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            [str(WINESERVER), "-k"],
+            env=wine_environ(prefix),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout / 2,
+            check=False,
+        )
+    start = time.monotonic()
+    killed = False
+    while time.monotonic() < start + timeout:
         left = prefix_processes(prefix)
         if not left:
             return True
         if any(comm not in WINE_SYSTEM_COMMS for _pid, comm in left):
             return False  # a program started meanwhile: it owns the prefix now
+        if not killed and time.monotonic() > start + timeout / 2:
+            for pid, _comm in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed = True
         time.sleep(0.05)
-    raise WineError(f"Wine processes of {prefix} still alive after wineserver -k: {prefix_processes(prefix)}")
+    raise WineError(f"Wine processes of {prefix} survived wineserver -k and SIGKILL: {prefix_processes(prefix)}")

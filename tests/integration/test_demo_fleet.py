@@ -49,7 +49,7 @@ def our_processes(root: Path) -> list[int]:
 def assert_prefix_clean_unless_shared() -> None:
     procs = prefix_processes(DEFAULT_PREFIX)
     if not any(comm not in WINE_SYSTEM_COMMS for _pid, comm in procs):
-        wait_for(lambda: not prefix_processes(DEFAULT_PREFIX), 15.0, "wineserver and Wine's programs gone")
+        wait_for(lambda: not prefix_processes(DEFAULT_PREFIX), 30.0, f"no process left in {DEFAULT_PREFIX}")
 
 
 def service_pid(fleet: Fleet, host: str) -> int:
