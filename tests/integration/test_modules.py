@@ -74,18 +74,18 @@ def run(
     """Run ``module`` with ``args`` (plus this host's engine_dir, state_dir) on ``host`` through ansible-playbook."""
     dump = tmp_path / "result.json"
     base = {"engine_dir": "{{ demo_host_dir }}/rebootless", "state_dir": "{{ demo_host_dir }}/rebootless/state"}
-    task = {
+    task: dict[str, Any] = {
         "name": "module under test",
         module: base | args,
         "register": "outcome",
         "ignore_errors": True,
         "diff": diff,
     }
-    keep = {
+    keep: dict[str, Any] = {
         "name": "keep the result",
         "ansible.builtin.copy": {"content": "{{ outcome | to_json }}", "dest": str(dump)},
+        "check_mode": False,
     }
-    keep["check_mode"] = False
     playbook = tmp_path / "play.yml"
     playbook.write_text(yaml.safe_dump([{"hosts": host, "gather_facts": False, "tasks": [task, keep]}]))
     command = [str(PLAYBOOK), "-vvv", "-i", str(fleet.inventory_path), str(playbook)] + (["--check"] if check else [])
