@@ -299,3 +299,19 @@ def test_mingw_builds_keep_a_symbol_table_and_clang_builds_a_map_and_pdb(
                 assert any(getattr(e, "CvSignature", b"") == b"RSDS" for e in debug), key
             else:
                 assert symbols > 0 and pair.map_file is None, key
+
+
+def test_cxx_exception_functions_have_unwind_info_with_the_gcc_personality(
+    pe_fixtures: dict[str, FixturePair],
+) -> None:
+    """risky() and case_entry() each have one RUNTIME_FUNCTION starting at the entry (after the five NOPs), with
+    an exception handler (UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER) that is __gxx_personality_seh0 and an LSDA."""
+    pair = pe_fixtures["gxx/cxx_exception"]
+    for which in ("base", "patched"):
+        rvas = rvas_of(pair, which)
+        with opened(pair.module(which)) as pe:
+            entries = {e.struct.BeginAddress: e for e in pe.DIRECTORY_ENTRY_EXCEPTION}
+        for name in ("risky", "case_entry"):
+            unwind = entries[rvas[name]].unwindinfo
+            assert unwind.Flags == 3, f"{which} {name}"
+            assert unwind.ExceptionHandler == rvas["__gxx_personality_seh0"], f"{which} {name}"
