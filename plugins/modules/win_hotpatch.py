@@ -113,7 +113,7 @@ notes:
     whether a restart with the staged module would fix the rest.
   - Temporary files (the request document and anything transferred for check mode) are removed at the end.
 author:
-  - rebootless.windows maintainers
+  - rebootless.windows maintainers (@rebootless-windows)
 """
 
 EXAMPLES = r"""

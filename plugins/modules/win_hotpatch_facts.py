@@ -39,7 +39,7 @@ attributes:
 seealso:
   - module: rebootless.windows.win_hotpatch
 author:
-  - rebootless.windows maintainers
+  - rebootless.windows maintainers (@rebootless-windows)
 """
 
 EXAMPLES = r"""

@@ -93,4 +93,28 @@ def test_engine_archive_is_cached_under_its_digest_and_rebuilt_when_removed(
     path.unlink()
     again = engine_archive(source)
     assert again == built and path.is_file()
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    index = [p.name for p in path.parent.iterdir() if p.name.startswith("engine-inputs-")]
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, *index])  # no temporary file left
+    assert len(index) == 1
+
+
+def test_a_new_worker_reuses_the_cached_archive_without_rebuilding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(_engine_runner, "_built", {})
+    source = fake_engine(tmp_path / "src", exit_code=0)
+    built = engine_archive(source)
+
+    monkeypatch.setattr(_engine_runner, "_built", {})  # as in a freshly forked worker
+
+    def no_build(members: dict[str, bytes]) -> bytes:
+        raise AssertionError("rebuilt although the cache holds this archive")
+
+    monkeypatch.setattr(_engine_runner, "build_engine", no_build)
+    assert engine_archive(source) == built
+
+    (source / "__init__.py").write_text("ENGINE_VERSION = 'changed'\n")  # new sources: a new archive
+    monkeypatch.setattr(_engine_runner, "build_engine", build_engine)
+    monkeypatch.setattr(_engine_runner, "_built", {})  # the next controller run
+    assert engine_archive(source).sha256 != built.sha256
