@@ -5,7 +5,8 @@ the load generator against every host of the inventory, runs ``ansible-playbook 
 demo's policy (demo/policy/inventory.yml), stops the load generator, re-renders the run report with the load
 figures, and prints the per-host summary and the load seen by hotpatched hosts versus cold-patched ones.
 
-CLI: ``.venv/bin/python demo/main_job.py [--inventory demo/run/inventory.yml] [--check] [--no-load] [-e K=V ...]``
+CLI: ``.venv/bin/python demo/main_job.py [--inventory demo/run/inventory.yml] [--check] [--no-load] [-e K=V ...]``;
+``--package-only DIR`` only builds the package (the Molecule scenario uses it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from ansible_collections.rebootless.windows.plugins.action.hotpatch_report impor
 from demo.build import build as build_demo
 from demo.loadgen import LoadGen, LoadResult, targets_from_inventory
 
-__all__ = ["DemoPackage", "build_demo_package", "playbook_command", "run_main_job"]
+__all__ = [
+    "DemoPackage",
+    "build_demo_package",
+    "playbook_command",
+    "playbook_environment",
+    "run_main_job",
+    "run_playbook",
+]
 
 DEMO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEMO_DIR.parent
@@ -99,7 +107,8 @@ def playbook_command(
     return cmd
 
 
-def _environment() -> dict[str, str]:
+def playbook_environment() -> dict[str, str]:
+    """Environment for ansible-playbook: the collection and its dependencies on the path, Wine quiet."""
     env = dict(os.environ)
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", f"{REPO_ROOT / '.collections'}:{REPO_ROOT / '.cache' / 'collections'}")
     env.setdefault("ANSIBLE_NOCOLOR", "1")
@@ -109,6 +118,15 @@ def _environment() -> dict[str, str]:
     env.setdefault("WINEDLLOVERRIDES", "mscoree,mshtml=")
     env.pop("DISPLAY", None)
     return env
+
+
+def run_playbook(
+    inventory: Path, report_dir: Path, extra_vars: Mapping[str, Any] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the main job's playbook once, without load, capturing its output (tests and benchmarks)."""
+    package = build_demo_package(inventory.resolve().parent / "packages")
+    cmd = playbook_command(inventory.resolve(), package.path, report_dir.resolve(), extra_vars, check)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=playbook_environment(), check=False, capture_output=True, text=True)
 
 
 def _summary(report: Mapping[str, Any]) -> list[str]:
@@ -163,7 +181,9 @@ def run_main_job(
     gen = LoadGen(targets_from_inventory(inventory), rate=rate).start() if load else None
     result: LoadResult | None = None
     try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_environment(), check=False, capture_output=quiet, text=True)
+        proc = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=playbook_environment(), check=False, capture_output=quiet, text=True
+        )
     finally:
         if gen is not None:
             result = gen.stop()
@@ -197,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "-e", "--extra-var", action="append", default=[], help="KEY=VALUE (VALUE parsed as JSON when it is)"
     )
     args = parser.parse_args(argv)
+    if args.package_only:
+        print(build_demo_package(args.package_only).path)
+        return 0
     extra: dict[str, Any] = {}
     for item in args.extra_var:
         key, _, value = item.partition("=")
