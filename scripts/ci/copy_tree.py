@@ -43,10 +43,15 @@ def main(argv: list[str]) -> int:
     if dest.exists():
         shutil.rmtree(dest)
     files = tree_files(root)
+    copied = 0
     for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, target, follow_symlinks=False)
+        try:
+            shutil.copy2(root / rel, target, follow_symlinks=False)
+        except FileNotFoundError:  # removed while we copied (someone is editing the checkout): not part of the tree
+            continue
+        copied += 1
     for namespace in sorted(deps_root.iterdir()) if deps_root.is_dir() else []:
         if namespace.name == NAMESPACE or not namespace.is_dir():
             continue
@@ -61,7 +66,7 @@ def main(argv: list[str]) -> int:
         link.symlink_to(namespace, target_is_directory=True)
     subprocess.run(["git", "init", "--quiet", str(dest)], check=True)
     subprocess.run(["git", "-C", str(dest), "add", "--all"], check=True)
-    print(f"copy_tree: {len(files)} files -> {dest}")
+    print(f"copy_tree: {copied} files -> {dest}")
     return 0
 
 

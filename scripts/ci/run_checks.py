@@ -16,15 +16,19 @@ Runs with the system Python (the venv may not exist yet): standard library only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 NOTES = Path(".cache") / "ci" / "notes"
+# pytest's closing line, e.g. "==== 7 failed, 223 passed in 109.18s ====": shown in the table's detail column.
+PYTEST_TOTALS = re.compile(r"^=+ (.*\b(?:passed|failed|errors?|skipped|no tests ran)\b.*) in [0-9.]+s")
 
 
 @dataclass
@@ -37,11 +41,33 @@ class Outcome:
     detail: str = ""
 
 
-def run_make(name: str, timeout: float | None) -> int | None:
-    """Run ``make <name>`` in its own process group; return its exit code, or None if it hit the timeout."""
-    proc = subprocess.Popen(["make", "--no-print-directory", name], stdin=subprocess.DEVNULL, start_new_session=True)
+def run_make(name: str, timeout: float | None) -> tuple[int | None, list[str]]:
+    """Run ``make <name>`` in its own process group, echoing its output.
+
+    Returns (exit code or None if it hit the timeout, pytest closing lines seen in the output).
+    """
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    totals: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            sys.stdout.buffer.write(raw)
+            sys.stdout.buffer.flush()
+            found = PYTEST_TOTALS.match(raw.decode("utf-8", "replace").strip())
+            if found:
+                totals.append(found.group(1))
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        return proc.wait(timeout=timeout)
+        rc: int | None = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -49,7 +75,9 @@ def run_make(name: str, timeout: float | None) -> int | None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        return None
+        rc = None
+    reader.join(timeout=30)
+    return rc, totals
 
 
 def run_step(name: str, timeout: float | None) -> Outcome:
@@ -57,17 +85,19 @@ def run_step(name: str, timeout: float | None) -> Outcome:
     banner = f"==== {name} "
     print(f"\n{banner}{'=' * (100 - len(banner))}", flush=True)
     start = time.monotonic()
-    rc = run_make(name, timeout)
+    sys.stdout.flush()
+    rc, totals = run_make(name, timeout)
     seconds = time.monotonic() - start
+    tests = "; ".join(totals)
     if rc is None:
         return Outcome(name, "FAIL", seconds, "killed: time budget ($CHECK_BUDGET_SECONDS) spent")
     note = NOTES / name  # written by scripts/ci/pytest_suite.sh and molecule_all.sh
     note_text = note.read_text(encoding="utf-8").strip() if note.exists() else ""
     if rc != 0:
-        return Outcome(name, "FAIL", seconds, f"exit {rc}")
+        return Outcome(name, "FAIL", seconds, tests or f"exit {rc}")
     if note_text.startswith("EMPTY:"):
         return Outcome(name, "EMPTY", seconds, note_text.removeprefix("EMPTY:").strip())
-    return Outcome(name, "PASS", seconds)
+    return Outcome(name, "PASS", seconds, tests)
 
 
 def summary(outcomes: list[Outcome], total: float) -> str:
