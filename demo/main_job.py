@@ -214,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second per host")
     parser.add_argument("--report-dir", type=Path)
     parser.add_argument(
+        "--package-only", type=Path, metavar="DIR", help="only build the package into DIR, print its path"
+    )
+    parser.add_argument(
         "-e", "--extra-var", action="append", default=[], help="KEY=VALUE (VALUE parsed as JSON when it is)"
     )
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ try:
     from ansible.errors import AnsibleActionFail
     from ansible.plugins.action import ActionBase
 except ImportError:  # pragma: no cover - the renderers stay importable without ansible (demo/main_job.py)
-    ActionBase = object  # type: ignore[assignment,misc]
+    ActionBase = object
 
     class AnsibleActionFail(Exception):  # type: ignore[no-redef]
         """Stand-in when ansible is absent."""
@@ -632,7 +632,7 @@ def _load_loadgen(value: Any) -> dict[str, Any] | None:
     return data
 
 
-class ActionModule(ActionBase):  # type: ignore[misc,valid-type]
+class ActionModule(ActionBase):
     """Runs on the controller only; never contacts a host. Files are run artifacts: changed is always false."""
 
     TRANSFERS_FILES = False

@@ -98,7 +98,8 @@ def decide(
         why = str(marker.get("reason") or "post-health failed")
         when = f" at {marker['at']}" if marker.get("at") else ""
         return Decision("cold", f"rolled back here{when} ({why}); set hotpatch_retry_rolled_back to try again", 5)
-    package = plan.get("package") if isinstance(plan.get("package"), dict) else {}
+    raw_package = plan.get("package")
+    package: dict[str, Any] = raw_package if isinstance(raw_package, dict) else {}
     if package.get("hotpatchable") is False:
         return Decision("cold", "package is cold-only: " + ("; ".join(reasons) or "the builder refused a hotpatch"), 6)
     if plan.get("cold_patch_required"):

@@ -68,7 +68,8 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def load_report(report_dir: Path) -> dict[str, Any]:
-    return json.loads((report_dir / "hotpatch-report.json").read_text(encoding="utf-8"))
+    data: dict[str, Any] = json.loads((report_dir / "hotpatch-report.json").read_text(encoding="utf-8"))
+    return data
 
 
 def by_host(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
