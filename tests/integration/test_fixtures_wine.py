@@ -51,6 +51,21 @@ def test_the_driver_is_found_by_its_comm_and_maps_the_dll_at_the_reported_base(
         assert mapped, f"no mapping of {pair.base} at {header}"
 
 
+def test_a_staged_copy_runs_from_its_own_folder(pairs: dict[str, FixturePair], prefix: Path, tmp_path: Path) -> None:
+    pair = pairs["clang/new_helper"]
+    argv = pair.stage("patched", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "driver.exe",
+        "new_helper.dll",
+        "new_helper.map",
+        "new_helper.pdb",
+    ]
+    with WineProcess.start(argv, prefix) as proc:
+        assert proc.request(f"call case_entry {pair.x}") == str(pair.patched_result)
+        maps = Path(f"/proc/{proc.linux_pid}/maps").read_text()
+        assert str(tmp_path / "new_helper.dll") in maps
+
+
 def test_selfloop_is_its_own_host(pairs: dict[str, FixturePair], prefix: Path) -> None:
     pair = pairs["gcc/selfloop"]
     with WineProcess.start(pair.argv("patched"), prefix) as proc:

@@ -315,3 +315,21 @@ def test_cxx_exception_functions_have_unwind_info_with_the_gcc_personality(
             unwind = entries[rvas[name]].unwindinfo
             assert unwind.Flags == 3, f"{which} {name}"
             assert unwind.ExceptionHandler == rvas["__gxx_personality_seh0"], f"{which} {name}"
+
+
+def test_functions_outside_the_change_mean_the_same_in_both_builds(pe_fixtures: dict[str, FixturePair]) -> None:
+    """The patched source is a minimal edit: every other hotpatchable function compiles to the same
+    instructions, reaching the same functions and the same data."""
+    compared = 0
+    for key, pair in pe_fixtures.items():
+        same = [name for name in pair.hotpatchable if name not in pair.changed]
+        meanings = []
+        for which in ("base", "patched"):
+            rvas = rvas_of(pair, which)
+            with opened(pair.module(which)) as pe:
+                image = image_of(pe)
+            meanings.append([meaning(image, rvas, name) for name in same])
+        for name, base, patched in zip(same, *meanings, strict=True):
+            assert base == patched, f"{key} {name}"
+            compared += 1
+    assert compared >= 40
