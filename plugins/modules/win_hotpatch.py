@@ -248,7 +248,14 @@ staged:
   returned: always
   type: list
   elements: dict
-  sample: [{"path": "C:\\Program Files\\AppSvc\\appcore.dll", "backup": "C:\\Program Files\\AppSvc\\appcore.dll.rebootless-3f5c0a8e9d2b", "sha256_before": "…", "sha256_after": "…"}]
+  sample:
+    - path: C:\Program Files\AppSvc\appcore.dll
+      backup: C:\Program Files\AppSvc\appcore.dll.rebootless-3f5c0a8e9d2b
+      package: appcore-cve-fix
+      version: 2.0.0
+      state: staged
+      sha256_before: 9b2e61c4d1f0a7e35c8d4b6a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e
+      sha256_after: 1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809
 engine_version:
   description: Version of the engine that ran.
   returned: always

@@ -300,7 +300,7 @@ class EngineAction(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars)
         task_vars = task_vars or {}
-        _, params = self.validate_argument_spec(
+        _validation, params = self.validate_argument_spec(
             argument_spec=self.ARGUMENT_SPEC,
             mutually_exclusive=self.MUTUALLY_EXCLUSIVE,
             required_if=self.REQUIRED_IF,

@@ -252,7 +252,7 @@ def test_windows_changing_run_without_engine_dir_fails_with_the_role_to_run(
 
 
 def test_check_mode_runs_plan_from_the_tmp_dir_and_installs_nothing(engine: Any, package: tuple[Path, str]) -> None:
-    path, _ = package
+    path = package[0]
     document = reply(
         "plan",
         processes=[

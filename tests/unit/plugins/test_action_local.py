@@ -69,7 +69,7 @@ def test_second_apply_transfers_nothing_but_the_request(host: dict[str, Any]) ->
     args = {"package": str(host["package"]), "engine_dir": str(engine_dir)}
 
     first, first_puts = run(host, win_hotpatch, args)
-    _, second_puts = run(host, win_hotpatch, args)
+    second_puts = run(host, win_hotpatch, args)[1]
 
     assert first.get("failed") is not True, first
     assert [Path(p).name for p in first_puts] == [Path(host["archive"].path).name, f"{host['sha']}.hpk", "request.json"]
@@ -89,9 +89,9 @@ def test_second_apply_transfers_nothing_but_the_request(host: dict[str, Any]) ->
 
 def test_check_mode_creates_no_engine_dir_and_leaves_no_file(host: dict[str, Any]) -> None:
     engine_dir = host["root"] / "never"
-    result, _ = run(
-        host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(engine_dir)}, check_mode=True
-    )
+    result = run(host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(engine_dir)}, check_mode=True)[
+        0
+    ]
 
     assert result.get("failed") is not True, result
     assert not engine_dir.exists()
@@ -103,11 +103,11 @@ def test_check_mode_creates_no_engine_dir_and_leaves_no_file(host: dict[str, Any
 def test_paths_with_quotes_spaces_and_dollars_reach_the_engine_unchanged(host: dict[str, Any]) -> None:
     engine_dir = host["root"] / 'it\'s $(id) & `x` "q"'
     state_dir = host["root"] / "state; rm -rf ~"
-    result, _ = run(
+    result = run(
         host,
         win_hotpatch,
         {"package": str(host["package"]), "engine_dir": str(engine_dir), "state_dir": str(state_dir)},
-    )
+    )[0]
 
     assert result.get("failed") is not True, result
     assert calls(host)[0]["argv0"] == str(engine_dir / Path(host["archive"].path).name)
@@ -123,7 +123,7 @@ def test_package_rejected_by_the_engine_fails_with_its_message(
         "STUB_ENGINE_REPLY",
         reply("apply", ok=False, error={"kind": "package", "message": "member code.bin does not match"}),
     )
-    result, _ = run(host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(host["root"] / "e")})
+    result = run(host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(host["root"] / "e")})[0]
     assert result["failed"] is True
     assert result["msg"] == "apply failed (package, exit 3): member code.bin does not match"
 
@@ -143,6 +143,6 @@ def test_facts_cache_the_engine_only_where_engine_dir_exists(host: dict[str, Any
     present = host["root"] / "present"
     present.mkdir()
     run(host, win_hotpatch_facts, {"engine_dir": str(present)})
-    _, puts = run(host, win_hotpatch_facts, {"engine_dir": str(present)})
+    puts = run(host, win_hotpatch_facts, {"engine_dir": str(present)})[1]
     assert [Path(p).name for p in puts] == ["request.json"]
     assert [c["verb"] for c in calls(host)] == ["inspect"] * 3

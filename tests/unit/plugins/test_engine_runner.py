@@ -71,7 +71,7 @@ def test_root_main_runs_hotpatch_main_and_exits_with_its_code(tmp_path: Path) ->
     archive = tmp_path / "engine.pyz"
     archive.write_bytes(build_engine(engine_members(fake_engine(tmp_path / "src", exit_code=6))))
     done = subprocess.run(
-        [sys.executable, "-I", str(archive), "status", "--request", "x"], capture_output=True, text=True
+        [sys.executable, "-I", str(archive), "status", "--request", "x"], capture_output=True, text=True, check=False
     )
     assert (done.returncode, done.stdout.strip()) == (6, '{"verb": "status"}')
 
