@@ -36,6 +36,9 @@ options:
 notes:
   - The engine zipapp is built on the controller from this collection (with C(pefile)), transferred only when
     the host does not hold a file with its SHA-256 under O(engine_dir), and run with O(python).
+  - The engine must be able to open the target processes. On Windows it runs as the connection user, which must be
+    an Administrator (C(become) with C(runas) does not apply to it, and a warning says so); on POSIX hosts
+    C(become) applies as usual.
   - Works over every connection that reaches the host (C(winrm), C(psrp), C(ssh) with the C(powershell) or
     C(cmd) shell, and C(local)/C(ssh) with C(sh) for Wine hosts).
 """

@@ -360,6 +360,9 @@ class EngineAction(ActionBase):
         """Probe, transfer what is missing, run the verb, parse its answer (flow in the module docstring)."""
         commands = host_commands(self._connection._shell)
         engine_dir, python = self.host_settings(params, task_vars)
+        if isinstance(commands, PowerShellCommands) and getattr(self._play_context, "become", False):
+            # runas only wraps Ansible's own PowerShell modules; a raw command runs as the connection user.
+            self._display.warning("become is not applied to the engine on Windows: connect as an Administrator")
         verb = self.verb(params)
         changing = verb in CHANGING_VERBS and not self._task.check_mode
         archive: EngineArchive = engine_archive()

@@ -359,3 +359,19 @@ def test_facts_run_inspect_and_return_documented_keys(engine: Any) -> None:
     ]
     assert facts["applied"] == [{"id": "appcore-fix"}]
     assert "'inspect'" in script_lines(execs(connection)[2])[2]
+
+
+def test_become_on_windows_warns_that_the_engine_runs_as_the_connection_user(
+    engine: Any, package: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ansible.playbook.play_context import PlayContext
+
+    path, sha = package
+    connection = StrictConnection("powershell", Host(True, [engine.sha256, sha]), remote_tmp="C:\\Windows\\TEMP")
+    play_context = PlayContext()
+    play_context.become = True
+    action = make_action(win_hotpatch.ActionModule, connection, FakeTask({"package": str(path)}), play_context)
+    warnings: list[str] = []
+    monkeypatch.setattr(action._display, "warning", lambda message, *args, **kwargs: warnings.append(message))
+    action.run(task_vars={})
+    assert warnings == ["become is not applied to the engine on Windows: connect as an Administrator"]
