@@ -40,24 +40,32 @@ class Decision:
     row: int
 
 
-def _package_key(package: Any) -> tuple[str, str]:
-    if not isinstance(package, dict):
-        return ("", "")
-    return (str(package.get("id") or ""), str(package.get("sha256") or ""))
+def _identity(entry: Any) -> tuple[str, str, str]:
+    """(id, version, sha256) of a package mapping, of an engine journal entry (``{"package": id, "version": ...}``
+    or ``{"package": {...}}``), or of a bare id string; unknown parts are empty."""
+    if isinstance(entry, str):
+        return (entry, "", "")
+    if not isinstance(entry, dict):
+        return ("", "", "")
+    nested = entry.get("package")
+    if isinstance(nested, dict):
+        return _identity(nested)
+    ident = entry.get("id") or (nested if isinstance(nested, str) else "")
+    return (str(ident or ""), str(entry.get("version") or ""), str(entry.get("sha256") or ""))
 
 
-def _listed(packages: Any, key: tuple[str, str]) -> bool:
-    """True when ``key`` (id, sha256) is among ``packages`` (list of mappings or ids); sha256 wins when both known."""
-    if not key[0] and not key[1]:
+def _listed(packages: Any, wanted: tuple[str, str, str]) -> bool:
+    """True when ``wanted`` is among ``packages``: same SHA-256 when both know it, else same id (and version when
+    both know it)."""
+    ident, version, sha = wanted
+    if not ident and not sha:
         return False
     for entry in packages or []:
-        if isinstance(entry, dict) and isinstance(entry.get("package"), dict):
-            entry = entry["package"]  # the engine may nest the package identity in a journal entry
-        ident, sha = _package_key(entry) if isinstance(entry, dict) else (str(entry), "")
-        if key[1] and sha:
-            if sha == key[1]:
+        e_id, e_version, e_sha = _identity(entry)
+        if sha and e_sha:
+            if sha == e_sha:
                 return True
-        elif key[0] and ident == key[0]:
+        elif ident and e_id == ident and (not version or not e_version or version == e_version):
             return True
     return False
 
@@ -82,7 +90,7 @@ def decide(
         return Decision("fail", f"plan failed: {message}", 1)
     processes = [p for p in plan.get("processes") or [] if isinstance(p, dict)]
     results = [str(p.get("result") or "") for p in processes]
-    key = _package_key(plan.get("package"))
+    key = _identity(plan.get("package"))
     if processes and all(r == "already_patched" for r in results):
         return Decision("skip", f"already applied in {len(processes)} process(es)", 2)
     staged = _listed(facts.get("staged") or facts.get("staged_packages"), key)

@@ -103,6 +103,15 @@ def test_staged_but_base_code_still_running_is_not_skipped() -> None:
     assert decide(facts, plan("would_patch")).action == "hotpatch"
 
 
+def test_staged_entry_as_the_engine_journals_it_counts() -> None:
+    facts = {"staged": [{"package": PACKAGE["id"], "version": "2.0.0", "path": "x/appcore.dll", "state": "staged"}]}
+    after_restart = plan("refused", cold_patch_required=True)
+    after_restart["processes"][0]["code_before"] = "unknown"
+    assert decide(facts, after_restart).action == "skip"
+    facts["staged"][0]["version"] = "1.9.0"
+    assert decide(facts, after_restart).action == "cold"
+
+
 def test_staged_entry_of_another_build_does_not_count() -> None:
     facts = {"staged": [{"id": PACKAGE["id"], "sha256": "cd" * 32}]}
     d = decide(facts, plan("refused", cold_patch_required=True))
