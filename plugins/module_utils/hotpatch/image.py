@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - exercised only on hosts without pefile
 
 __all__ = [
     "MACHINE_AMD64",
+    "PARSED_DIRECTORIES",
     "FunctionRange",
     "HeaderFields",
     "function_ranges",
@@ -109,12 +110,21 @@ def pin_matches(pin: ImagePin, fields: HeaderFields) -> Optional[str]:
     return None
 
 
+# Data directories load_pe parses (PE/COFF spec order): export, import, base relocation, debug, TLS, delay
+# import. Resources and the exception directory are left alone: slow on large images and not needed (.pdata is
+# read raw by function_ranges).
+PARSED_DIRECTORIES = (0, 1, 5, 6, 9, 13)
+
+
 def load_pe(data: bytes, what: str = "image") -> pefile.PE:
-    """Parse ``data`` with pefile (all directories); raises ImageError when pefile cannot make sense of it."""
+    """Parse ``data`` with pefile (headers, sections and PARSED_DIRECTORIES); raises ImageError when pefile
+    cannot make sense of it."""
     if pefile is None:  # pragma: no cover
         raise ImageError("the Python package pefile is not installed: install it in the engine's runtime")
     try:
-        return pefile.PE(data=data, fast_load=False)
+        pe = pefile.PE(data=data, fast_load=True)
+        pe.parse_data_directories(directories=list(PARSED_DIRECTORIES))
+        return pe
     except pefile.PEFormatError as exc:
         raise ImageError(f"{what} is not a PE image pefile understands: {exc.value}") from exc
     except (struct.error, ValueError, IndexError, KeyError, AttributeError, TypeError) as exc:
@@ -156,7 +166,7 @@ def pin_from_file(path: str, name: Optional[str] = None) -> ImagePin:
 
 
 def function_ranges(pe: pefile.PE) -> List[FunctionRange]:
-    """Every RUNTIME_FUNCTION of the exception directory as (begin_rva, end_rva, unwind_rva), sorted by begin.
+    """Every non-empty RUNTIME_FUNCTION of the exception directory as (begin_rva, end_rva, unwind_rva), sorted.
 
     Read straight from the directory's bytes (12 bytes each, per the PE/COFF spec), so it works with pefile's
     fast_load too. An empty list when the image has no .pdata (x86 images, resource-only DLLs). Raises
@@ -173,7 +183,7 @@ def function_ranges(pe: pefile.PE) -> List[FunctionRange]:
     if len(raw) < count * _RUNTIME_FUNCTION_SIZE:
         raise ImageError(f"exception directory at RVA 0x{directory.VirtualAddress:x} is cut short")
     ranges = [struct.unpack_from("<III", raw, i * _RUNTIME_FUNCTION_SIZE) for i in range(count)]
-    return sorted((b, e, u) for b, e, u in ranges if b or e)
+    return sorted((b, e, u) for b, e, u in ranges if b < e)  # empty entries (seen in real DLLs) cover no code
 
 
 def _directory(pe: pefile.PE, index: int) -> Any:

@@ -85,7 +85,8 @@ def _name(raw: bytes, strings: bytes) -> str:
         (offset,) = struct.unpack_from("<I", raw, 4)
         if offset < 4 or offset >= len(strings):
             return ""
-        raw = strings[offset : strings.index(b"\0", offset) if b"\0" in strings[offset:] else len(strings)]
+        end = strings.find(b"\0", offset)
+        raw = strings[offset : end if end >= 0 else len(strings)]
     else:
         raw = raw.split(b"\0", 1)[0]
     return raw.decode("utf-8", "replace")

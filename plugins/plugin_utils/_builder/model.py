@@ -222,9 +222,7 @@ def load_image(path: str, map_path: str | None = None, name: str | None = None) 
 
 def _build(path: str, module: str, data: bytes, pe: pefile.PE, map_path: str | None) -> Image:
     pin = pin_from_bytes(data, module, pe)
-    memory = pe.get_memory_mapped_image()
-    if len(memory) < pin.size_of_image:
-        memory += b"\0" * (pin.size_of_image - len(memory))
+    memory = _map(pe, data, pin.size_of_image)
     sections = [
         Section(
             s.Name.rstrip(b"\0").decode("ascii", "replace"),
@@ -241,6 +239,19 @@ def _build(path: str, module: str, data: bytes, pe: pefile.PE, map_path: str | N
     raw_names, source = _names(pe, data, sections, map_path, pin.image_base)
     symbols = _symbols(raw_names, sections, functions)
     return Image(path, module, data, pe, pin, memory, sections, symbols, functions, imports, slots, relocations, source)
+
+
+def _map(pe: pefile.PE, data: bytes, size_of_image: int) -> bytes:
+    """The image as the loader maps it: headers, then each section's raw data at its RVA, zero-filled."""
+    memory = bytearray(size_of_image)
+    headers = min(pe.OPTIONAL_HEADER.SizeOfHeaders, len(data), size_of_image)
+    memory[:headers] = data[:headers]
+    for section in pe.sections:
+        start = section.PointerToRawData
+        size = min(section.SizeOfRawData, section.Misc_VirtualSize or section.SizeOfRawData)
+        size = max(0, min(size, len(data) - start, size_of_image - section.VirtualAddress))
+        memory[section.VirtualAddress : section.VirtualAddress + size] = data[start : start + size]
+    return bytes(memory)
 
 
 def _imports(pe: pefile.PE, image_base: int) -> tuple[dict[int, str], dict[str, int]]:
@@ -313,8 +324,10 @@ def _symbols(
         addresses.setdefault(name, set()).add(rva)
     pdata_end = {begin: end for begin, end, _unwind in functions}
     chosen: dict[str, tuple[int, Section, bool, int]] = {}
+    by_start = sorted(sections, key=lambda s: s.rva)
+    section_starts = [s.rva for s in by_start]
     for name, rva, source in raw:
-        section = next((s for s in sections if s.rva <= rva < s.end), None)
+        section = _section_of(by_start, section_starts, rva)
         if section is None:
             continue
         not_code = source.startswith("\0") and rva not in pdata_end
@@ -327,9 +340,9 @@ def _symbols(
     for rva, section, _code, _contribution in chosen.values():
         starts_by_section.setdefault(section.name + hex(section.rva), []).append(rva)
     for begin, _end, _unwind in functions:
-        for section in sections:
-            if section.rva <= begin < section.end:
-                starts_by_section.setdefault(section.name + hex(section.rva), []).append(begin)
+        section = _section_of(by_start, section_starts, begin)
+        if section is not None:
+            starts_by_section.setdefault(section.name + hex(section.rva), []).append(begin)
     for starts in starts_by_section.values():
         starts.sort()
     symbols: dict[str, Symbol] = {}
@@ -348,10 +361,17 @@ def _symbols(
     return symbols
 
 
+def _section_of(by_start: list[Section], starts: list[int], rva: int) -> Section | None:
+    index = bisect.bisect_right(starts, rva) - 1
+    return by_start[index] if index >= 0 and rva < by_start[index].end else None
+
+
 def _name_anonymous(symbols: dict[str, Symbol], sections: list[Section], functions: list[FunctionRange]) -> None:
     """Give every .pdata function no name covers a name that survives relinking: ``<previous name>~<k>``, the
     k-th unnamed function after the closest named function before it (static functions of libraries linked
     without their local symbols)."""
+    by_start = sorted(sections, key=lambda s: s.rva)
+    section_starts = [s.rva for s in by_start]
     named = sorted((s.rva, s.end, s.name) for s in symbols.values() if s.function)
     starts = [item[0] for item in named]
     counters: dict[str, int] = {}
@@ -359,7 +379,7 @@ def _name_anonymous(symbols: dict[str, Symbol], sections: list[Section], functio
         index = bisect.bisect_right(starts, begin) - 1
         if index >= 0 and named[index][0] <= begin < named[index][1]:
             continue  # part of a named function (a second .pdata entry of it)
-        section = next((s for s in sections if s.rva <= begin < s.end), None)
+        section = _section_of(by_start, section_starts, begin)
         if section is None:
             continue
         anchor = named[index][2] if index >= 0 and named[index][0] >= section.rva else section.name
