@@ -17,6 +17,7 @@ archive under that name, so a controller with unchanged sources never transfers 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -40,6 +41,7 @@ ROOT_MAIN = (
     b"sys.exit(main())\n"
 )
 
+KEEP_ARCHIVES = 8  # archives of older sources kept in the cache (a parallel run may still be sending one)
 _FORMAT = b"rebootless engine archive 1"  # bump when build_engine's output changes for the same members
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP_MODE = (stat.S_IFREG | 0o644) << 16
@@ -130,8 +132,25 @@ def engine_archive(engine_dir: Path = ENGINE_PACKAGE_DIR, pefile_dir: Path | Non
             digest = hashlib.sha256(payload).hexdigest()
             _write_atomic(cache / f"engine-{digest[:12]}.pyz", payload)
             _write_atomic(index, digest.encode("ascii") + b"\n")
+            _prune(cache)
         _built[key] = EngineArchive(str(cache / f"engine-{digest[:12]}.pyz"), digest)
         return _built[key]
+
+
+def _prune(cache: Path, keep: int = KEEP_ARCHIVES) -> None:
+    """Drop all but the ``keep`` newest archives and index files (older controller runs; never the current one)."""
+    for pattern in ("engine-*.pyz", "engine-inputs-*.txt"):
+        files = sorted(cache.glob(pattern), key=_mtime, reverse=True)
+        for old in files[keep:]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed by a parallel run meanwhile
+        return 0.0
 
 
 def _inputs_digest(members: dict[str, bytes]) -> str:

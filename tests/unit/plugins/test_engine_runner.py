@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +21,8 @@ from ansible_collections.rebootless.windows.plugins.plugin_utils._engine_runner 
     engine_archive,
     engine_members,
 )
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def fake_engine(root: Path, exit_code: int) -> Path:
@@ -65,6 +71,39 @@ def test_real_archive_imports_the_engine_and_pefile_with_nothing_else_on_the_pat
         [sys.executable, "-I", "-S", "-c", code, str(archive)], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == str(archive / "hotpatch" / "package.py")
+
+
+def oldest_host_python() -> str | None:
+    """A Python 3.8 interpreter (the oldest the engine supports on hosts), found like scripts/ci/find_python.sh."""
+    candidates = [str(ROOT / ".cache" / "pythons" / "python3.8"), shutil.which("python3.8") or ""]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.8.*/bin/python3.8")))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            probe = subprocess.run(
+                [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 8))"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if probe.stdout.strip() == "True":
+                return candidate
+    return None
+
+
+def test_real_archive_answers_inspect_on_the_oldest_host_python(tmp_path: Path) -> None:
+    python = oldest_host_python()
+    if python is None:
+        pytest.skip("no Python 3.8 here: install it (pyenv) to check the engine on the oldest host Python")
+    archive = tmp_path / "engine.pyz"
+    archive.write_bytes(build_engine(engine_members()))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"state_dir": str(tmp_path / "state")}))
+    done = subprocess.run(
+        [python, "-I", str(archive), "inspect", "--request", str(request)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert (document["verb"], document["facts"]["python_version"][:4]) == ("inspect", "3.8.")
 
 
 def test_root_main_runs_hotpatch_main_and_exits_with_its_code(tmp_path: Path) -> None:
@@ -118,3 +157,17 @@ def test_a_new_worker_reuses_the_cached_archive_without_rebuilding(
     monkeypatch.setattr(_engine_runner, "build_engine", build_engine)
     monkeypatch.setattr(_engine_runner, "_built", {})  # the next controller run
     assert engine_archive(source).sha256 != built.sha256
+
+
+def test_the_cache_keeps_only_the_newest_archives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = fake_engine(tmp_path / "src", exit_code=0)
+    built = []
+    for version in range(_engine_runner.KEEP_ARCHIVES + 3):
+        (source / "__init__.py").write_text(f"ENGINE_VERSION = '{version}'\n")
+        monkeypatch.setattr(_engine_runner, "_built", {})
+        built.append(engine_archive(source))
+        os.utime(built[-1].path, (version, version))  # mtimes in build order, whatever the clock's resolution
+    cache = Path(built[-1].path).parent
+    assert len(list(cache.glob("engine-*.pyz"))) == _engine_runner.KEEP_ARCHIVES
+    assert Path(built[-1].path).is_file() and not Path(built[0].path).exists()
