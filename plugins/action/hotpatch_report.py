@@ -101,6 +101,7 @@ class HostEntry:
     health: list[dict[str, Any]] = field(default_factory=list)
     window: dict[str, Any] = field(default_factory=dict)
     package: dict[str, Any] = field(default_factory=dict)
+    allow_unsigned: bool = False
     started: str | None = None
     finished: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
@@ -165,6 +166,7 @@ def _entry(host: str, record: Mapping[str, Any] | None, stopped: str) -> HostEnt
         health=[dict(h) for h in record.get("health") or [] if isinstance(h, Mapping)],
         window=dict(record.get("window") or {}),
         package=dict(record.get("package") or {}),
+        allow_unsigned=bool(record.get("allow_unsigned")),
         started=_iso(min(times)) if times else None,
         finished=_iso(max(times)) if times else None,
         phases=_phases(marks),
@@ -346,7 +348,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["## Reasons", ""]
     for host in report["hosts"]:
         lines.append(
-            f"- **{_md_cell(host['host'])}** ({host['result']}): " + _md_cell("; ".join(host["reasons"]) or "none")
+            f"- **{_md_cell(host['host'])}** ({host['result']})"
+            + (" (unsigned package allowed)" if host.get("allow_unsigned") else "")
+            + ": "
+            + _md_cell("; ".join(host["reasons"]) or "none")
         )
         for check in host["health"]:
             if not check.get("ok"):

@@ -27,6 +27,7 @@ def test_playbook_runs_under_ansible_runner_with_artifacts_and_stats(tmp_path: P
     try:
         package = build_demo_package(tmp_path / "packages")
         env = playbook_environment()
+        (tmp_path / "runner").mkdir()
         result = ansible_runner.run(
             private_data_dir=str(tmp_path / "runner"),
             project_dir=str(REPO_ROOT),

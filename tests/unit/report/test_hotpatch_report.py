@@ -206,7 +206,13 @@ def test_markdown_has_totals_waves_hosts_reasons_and_load(run: dict[str, Any]) -
     assert "| 2 | 1 | 1 | 1 | 1 | 5 |" in text
     assert "| h4 | 3 | hotpatch | **deferred** | yes |" in text
     assert "post check `version pin` failed: answer does not match" in text
+    assert "- **h1** (hotpatched): none" in text
     assert "| cold_patched | 1 | 120 | 7 | 0.50 | 900.00 |" in text
+
+
+def test_markdown_says_when_an_unsigned_package_was_allowed() -> None:
+    report = build_report({"lab": record("lab", "hotpatched", 1, allow_unsigned=True)})
+    assert "- **lab** (hotpatched) (unsigned package allowed): " in render_markdown(report)
 
 
 def test_html_is_self_contained_with_a_timeline_of_waves_and_load(run: dict[str, Any]) -> None:
