@@ -120,7 +120,7 @@ def remote_call(
         _ptrace.cont(task.tid, 0)
         deadline = time.monotonic_ns() + timeout_ns
         while True:
-            result = _ptrace.wait_stop(task.tid, deadline)
+            result = _ptrace.wait_stop(task.tid, deadline, block=False)
             if result is None:
                 _stop_runaway(task)
                 raise BackendError(

@@ -15,7 +15,7 @@ from typing import Dict, List, Set, Tuple
 
 from ..errors import BackendError
 from . import _ptrace
-from ._procfs import task_ids
+from ._procfs import task_ids, tracer_pid
 
 __all__ = ["StoppedProcess", "StoppedTask", "stop_all"]
 
@@ -84,10 +84,22 @@ def _seize(sp: StoppedProcess, tid: int) -> bool:
         if exc.errno == errno.ESRCH:  # exited (or a zombie) since we listed it
             sp.gone.add(tid)
             return False
+        if exc.errno == errno.EPERM and _ptrace.task_state(tid) in ("Z", "X"):
+            sp.gone.add(tid)  # an exited thread not yet reaped (e.g. a leader after ExitThread): nothing to stop
+            return False
         if exc.errno == errno.EPERM:
+            try:
+                tracer = tracer_pid(tid)
+            except OSError:
+                tracer = 0
+            if tracer:
+                raise BackendError(
+                    f"ptrace refused on process {sp.pid} (thread {tid}): it is already traced by PID {tracer} (a "
+                    "debugger or another engine?); detach it and try again"
+                ) from exc
             raise BackendError(
-                f"ptrace refused on process {sp.pid} (thread {tid}): it is already traced by a debugger, or this "
-                "engine lacks CAP_SYS_PTRACE (run as root; check kernel.yama.ptrace_scope)"
+                f"ptrace refused on process {sp.pid} (thread {tid}): this engine lacks CAP_SYS_PTRACE (run it as "
+                "root) or kernel.yama.ptrace_scope forbids attaching"
             ) from exc
         raise BackendError(f"cannot attach to thread {tid} of process {sp.pid}: {exc}") from exc
     sp.attached.add(tid)
