@@ -8,6 +8,7 @@ Two bodies with equal normal forms do the same thing wherever the linker put the
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass, field
 
@@ -19,6 +20,11 @@ __all__ = ["Body", "JumpTable", "Reference", "decode_body", "same_body"]
 
 _BRANCH_KINDS = (iced_x86.OpKind.NEAR_BRANCH16, iced_x86.OpKind.NEAR_BRANCH32, iced_x86.OpKind.NEAR_BRANCH64)
 _MAX_TABLE = 4096
+_DIRECT_FLOW = frozenset(
+    (iced_x86.FlowControl.CALL, iced_x86.FlowControl.UNCONDITIONAL_BRANCH, iced_x86.FlowControl.CONDITIONAL_BRANCH)
+)
+_INDIRECT = iced_x86.FlowControl.INDIRECT_BRANCH
+_EXCEPTION = iced_x86.FlowControl.EXCEPTION
 
 
 @dataclass(frozen=True)
@@ -78,70 +84,73 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
     relocs = image.relocations_in(begin, end)
     decoder = iced_x86.Decoder(64, code, ip=begin)
     has_indirect_jump = False
-    last_cmp_imm: int | None = None
     inline_tables: dict[int, int] = {}  # function-relative start -> end of jump tables inside the body
-    for instr in decoder:
-        start = instr.ip - begin
-        if start in inline_tables:  # skip table data; iced lets us move the decoder
-            decoder.position = inline_tables[start]
-            decoder.ip = begin + inline_tables[start]
-            continue
-        if instr.code == iced_x86.Code.INVALID:
-            problems.append(f"undecodable byte at {symbol.name}+0x{start:x}")
-            continue
+    starts: list[int] = []  # instruction starts, kept only when base relocations point into the body
+    candidates: list[int] = []  # references that lea an anonymous constant
+    for instr in decoder:  # hot loop: touch as few instruction properties as possible
         flow = instr.flow_control
-        if flow == iced_x86.FlowControl.INDIRECT_BRANCH:
-            has_indirect_jump = True
-        if instr.mnemonic == iced_x86.Mnemonic.CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind):
-            last_cmp_imm = instr.immediate(1)
-        branch = instr.op_count >= 1 and instr.op0_kind in _BRANCH_KINDS
-        if branch or instr.is_ip_rel_memory_operand:
-            offsets = decoder.get_constant_offsets(instr)
-            if branch:
-                target_rva, field_at, size = instr.near_branch_target, offsets.immediate_offset, offsets.immediate_size
-            else:
-                target_rva, field_at, size = instr.ip_rel_memory_address, offsets.displacement_offset, 4
+        if inline_tables and instr.ip - begin in inline_tables:  # table data: move the decoder past it
+            skip = inline_tables[instr.ip - begin]
+            decoder.position = skip
+            decoder.ip = begin + skip
+            continue
+        if relocs:
+            starts.append(instr.ip)
+        if flow in _DIRECT_FLOW:
+            if instr.op0_kind not in _BRANCH_KINDS:
+                continue
+            target_rva = instr.near_branch_target
             if begin <= target_rva < end:
-                # inside the function: position-independent, kept as raw bytes; a table there is data
+                continue  # inside the function: position-independent, kept as raw bytes
+            offsets = decoder.get_constant_offsets(instr)
+            field_at, size, direct = offsets.immediate_offset, offsets.immediate_size, True
+        elif instr.is_ip_rel_memory_operand:
+            target_rva = instr.ip_rel_memory_address
+            if begin <= target_rva < end:
+                # inside the function: position-independent; a jump table there is data, not code
                 if target_rva > instr.ip and instr.mnemonic == iced_x86.Mnemonic.LEA:
-                    table = _jump_table(image, target_rva, begin, end, last_cmp_imm)
+                    table = _jump_table(image, target_rva, begin, end, _last_cmp(code, begin, instr.ip))
                     if table is not None:
                         inline_tables[target_rva - begin] = target_rva - begin + 4 * len(table.entries)
                 continue
-            hint = _memory_size(instr)
-            target = image.describe(target_rva, hint)
-            table = None
-            if target.kind == "const" and instr.mnemonic == iced_x86.Mnemonic.LEA:
-                table = _jump_table(image, target_rva, begin, end, last_cmp_imm)
-            ref = Reference(
-                start + field_at,
-                size,
-                "rel",
-                start + instr.len,
-                target,
-                flow
-                in (
-                    iced_x86.FlowControl.CALL,
-                    iced_x86.FlowControl.UNCONDITIONAL_BRANCH,
-                    iced_x86.FlowControl.CONDITIONAL_BRANCH,
-                ),
-                table,
-                start,
-            )
-            references.append(ref)
-            normal[ref.offset : ref.offset + size] = b"\0" * size
-            tokens.append(_token(image, ref, begin))
-        for reloc in relocs:
-            if instr.ip <= reloc < instr.ip + instr.len:
-                pointed = image.pointer(reloc)
-                inside = begin <= pointed < end
-                target = Target("self", symbol.name, pointed - begin, pointed) if inside else image.describe(pointed)
-                ref = Reference(reloc - begin, 8, "abs64", start + instr.len, target, False, None, start)
-                references.append(ref)
-                normal[ref.offset : ref.offset + 8] = b"\0" * 8
-                tokens.append(_token(image, ref, begin))
-    if not has_indirect_jump:  # a lea of a table-shaped constant without an indirect jump is just data
-        references = [r if r.table is None else _without_table(r) for r in references]
+            offsets = decoder.get_constant_offsets(instr)
+            field_at, size, direct = offsets.displacement_offset, 4, False
+        else:
+            if flow == _INDIRECT:
+                has_indirect_jump = True
+            elif flow == _EXCEPTION and instr.code == iced_x86.Code.INVALID:
+                problems.append(f"undecodable byte at {symbol.name}+0x{instr.ip - begin:x}")
+            continue
+        start = instr.ip - begin
+        target = image.describe(target_rva, 0 if direct else _memory_size(instr))
+        if target.kind == "const" and instr.mnemonic == iced_x86.Mnemonic.LEA:
+            candidates.append(len(references))  # maybe a jump table: decided after the loop
+        ref = Reference(start + field_at, size, "rel", start + instr.len, target, direct, None, start)
+        references.append(ref)
+        normal[ref.offset : ref.offset + size] = bytes(size)
+        tokens.append(_token(image, ref, begin))
+    for reloc in relocs:  # absolute addresses (mov r64, imm64 and the like): rare in x64 code
+        index = bisect.bisect_right(starts, reloc) - 1
+        if index < 0 or reloc + 8 > end:
+            continue
+        start = starts[index] - begin
+        next_ip = (starts[index + 1] if index + 1 < len(starts) else end) - begin
+        pointed = image.pointer(reloc)
+        inside = begin <= pointed < end
+        target = Target("self", symbol.name, pointed - begin, pointed) if inside else image.describe(pointed)
+        ref = Reference(reloc - begin, 8, "abs64", next_ip, target, False, None, start)
+        references.append(ref)
+        normal[ref.offset : ref.offset + 8] = bytes(8)
+        tokens.append(_token(image, ref, begin))
+    if has_indirect_jump:  # a lea of a table-shaped constant only makes a jump table with an indirect jump
+        for index in candidates:
+            ref = references[index]
+            table = _jump_table(image, ref.target.rva, begin, end, _last_cmp(code, begin, begin + ref.instr_at))
+            if table is not None:
+                references[index] = Reference(
+                    ref.offset, ref.size, ref.kind, ref.next_ip, ref.target, ref.call, table, ref.instr_at
+                )
+                tokens[index] = _token(image, references[index], begin)
     return Body(symbol, code, bytes(normal), tuple(tokens), references, problems)
 
 
@@ -163,10 +172,6 @@ def _token(image: Image, ref: Reference, begin: int) -> str:
     return f"{target.kind}:{target.name}+{target.offset}"
 
 
-def _without_table(ref: Reference) -> Reference:
-    return Reference(ref.offset, ref.size, ref.kind, ref.next_ip, ref.target, ref.call, None, ref.instr_at)
-
-
 def _jump_table(image: Image, rva: int, begin: int, end: int, count_hint: int | None) -> JumpTable | None:
     """Entries of a self-relative int32 table at ``rva`` whose targets fall inside [begin, end), or None."""
     section = image.section_at(rva)
@@ -185,6 +190,15 @@ def _jump_table(image: Image, rva: int, begin: int, end: int, count_hint: int | 
     if len(entries) < 2 or (count_hint is not None and len(entries) != limit):
         return None
     return JumpTable(rva, tuple(entries))
+
+
+def _last_cmp(code: bytes, begin: int, upto: int) -> int | None:
+    """Immediate of the last ``cmp reg, imm`` before ``upto`` (a switch's bound: entries = imm + 1), or None."""
+    found: int | None = None
+    for instr in iced_x86.Decoder(64, code[: upto - begin], ip=begin):
+        if instr.mnemonic == iced_x86.Mnemonic.CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind):
+            found = instr.immediate(1)
+    return found
 
 
 def _is_immediate(kind: int) -> bool:

@@ -103,6 +103,8 @@ class Image:
     _by_start: list[Symbol] = field(default_factory=list, repr=False)
     _fn_starts: list[int] = field(default_factory=list, repr=False)
     _reloc_rvas: list[int] = field(default_factory=list, repr=False)
+    _sections_by_start: list[Section] = field(default_factory=list, repr=False)
+    _section_starts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         primary: dict[int, Symbol] = {}
@@ -112,6 +114,8 @@ class Image:
         self._starts = sorted(primary)
         self._fn_starts = [f[0] for f in self.functions]
         self._reloc_rvas = sorted(self.relocations)
+        self._sections_by_start = sorted(self.sections, key=lambda s: s.rva)
+        self._section_starts = [s.rva for s in self._sections_by_start]
 
     @property
     def primary_symbols(self) -> list[Symbol]:
@@ -127,10 +131,7 @@ class Image:
         return self.memory[rva : rva + size]
 
     def section_at(self, rva: int) -> Section | None:
-        for section in self.sections:
-            if section.rva <= rva < section.end:
-                return section
-        return None
+        return _section_of(self._sections_by_start, self._section_starts, rva)
 
     def symbol_at(self, rva: int) -> Symbol | None:
         """The named symbol whose range holds ``rva`` (the one starting closest before it)."""
