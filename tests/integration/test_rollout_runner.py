@@ -4,7 +4,9 @@ artifacts, and hands the run's totals to AWX through set_stats (the playbook_on_
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,13 @@ pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 BASE_PORT = 29380
 
 
-def test_playbook_runs_under_ansible_runner_with_artifacts_and_stats(tmp_path: Path) -> None:
+def test_playbook_runs_under_ansible_runner_with_artifacts_and_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not (Path("/usr/lib/wine/wine64").exists() and shutil.which("x86_64-w64-mingw32-gcc")):
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
+    # ansible-runner finds ansible-playbook on PATH, as in an execution environment.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     fleet = Fleet(tmp_path / "fleet")
     fleet.up(hosts=2, base_port=BASE_PORT, mismatch_host=0)
     try:
