@@ -33,6 +33,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import PackageError
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.package import read_package
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.signature import verify_manifest
 from ansible_collections.rebootless.windows.plugins.plugin_utils._engine_runner import EngineArchive, engine_archive
 
 __all__ = [
@@ -306,7 +307,7 @@ class EngineAction(ActionBase):
             required_if=self.REQUIRED_IF,
         )
         source = self.package_source(params)
-        package = self.check_package(source[0]) if source and not source[1] else None
+        package = self.check_package(source[0], params) if source and not source[1] else None
         try:
             reply = self.run_engine(params, task_vars, source, package)
             result.update(self.shape(params, reply, package))
@@ -319,15 +320,26 @@ class EngineAction(ActionBase):
                 self.cleanup()
         return result
 
-    def check_package(self, path: str) -> PackageInfo:
-        """Verify a controller-side package before anything is sent; raises AnsibleActionFail saying why."""
+    def check_package(self, path: str, params: Mapping[str, Any]) -> PackageInfo:
+        """Verify a controller-side package before anything is sent; raises AnsibleActionFail saying why.
+
+        Structure and member hashes always (``read_package``); the signature too when the module takes
+        ``trusted_keys`` / ``allow_unsigned``, with the engine's own rules (``verify_manifest``).
+        """
         try:
             found = self._find_needle("files", path)
         except Exception as exc:
             raise AnsibleActionFail(f"package {path} not found on the controller ({exc}); nothing was sent") from None
         try:
             checked = read_package(found)
-        except PackageError as exc:
+            if "trusted_keys" in self.ARGUMENT_SPEC:
+                verify_manifest(
+                    checked.manifest_bytes,
+                    checked.signature,
+                    list(params.get("trusted_keys") or []),
+                    bool(params.get("allow_unsigned")),
+                )
+        except PackageError as exc:  # SignatureError is one too
             raise AnsibleActionFail(
                 f"package {found} rejected on the controller: {exc}; nothing was sent to the host"
             ) from None

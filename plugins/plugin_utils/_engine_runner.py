@@ -5,8 +5,9 @@ The archive holds:
 
 ``hotpatch/``
     The engine package, copied from ``plugins/module_utils/hotpatch/`` (``.py`` files only).
-``pefile.py`` and ``ordlookup/``
-    From the controller's installed pefile (the engine reads PE images with it; hosts need nothing but Python).
+``pefile.py``, ``ordlookup/``, ``ecdsa/``, ``six.py``
+    From the controller's environment: pefile reads PE images, ecdsa verifies package signatures; hosts need
+    nothing but Python. Their license files go under ``licenses/``.
 ``__main__.py``
     Runs ``hotpatch.__main__.main()`` and exits with its return code.
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
+import importlib.util
 import io
 import os
 import stat
@@ -31,6 +34,11 @@ from pathlib import Path
 __all__ = ["ENGINE_PACKAGE_DIR", "EngineArchive", "build_engine", "engine_archive"]
 
 ENGINE_PACKAGE_DIR = Path(__file__).resolve().parent.parent / "module_utils" / "hotpatch"
+
+# Pure-Python dependencies of the engine shipped inside the archive: pefile (+ ordlookup) reads PE images,
+# ecdsa (+ six) verifies Ed25519 package signatures (signature.py).
+VENDORED = ("pefile", "ordlookup", "ecdsa", "six")
+_DISTRIBUTIONS = {"ordlookup": "pefile"}
 
 ROOT_MAIN = (
     b"# rebootless.windows host engine: python engine.pyz <verb> --request FILE (docs/engine-protocol.md)\n"
@@ -63,25 +71,54 @@ class EngineArchive:
 
 
 def engine_members(engine_dir: Path = ENGINE_PACKAGE_DIR, pefile_dir: Path | None = None) -> dict[str, bytes]:
-    """Archive member name -> bytes for the engine, pefile and the root ``__main__.py``.
+    """Archive member name -> bytes for the engine, its vendored dependencies and the root ``__main__.py``.
 
-    Raises FileNotFoundError when the engine package or pefile is missing (install pefile on the controller).
+    ``pefile_dir`` overrides where pefile is taken from (tests); every other dependency comes from the
+    controller's installed copy. Raises FileNotFoundError when the engine package or a dependency is missing
+    (install the collection's requirements.txt on the controller).
     """
     if not (engine_dir / "__init__.py").is_file():
         raise FileNotFoundError(f"engine package not found at {engine_dir}")
-    if pefile_dir is None:
-        import pefile  # controller dependency (requirements.txt); imported late so unit tests can pass a path
-
-        pefile_dir = Path(pefile.__file__).resolve().parent
     members: dict[str, bytes] = {"__main__.py": ROOT_MAIN}
-    for source in sorted(engine_dir.rglob("*.py")):
-        relative = source.relative_to(engine_dir)
-        if "__pycache__" in relative.parts:
+    members.update(_tree(engine_dir, "hotpatch/"))
+    for name in VENDORED:
+        if name == "pefile" and pefile_dir is not None:
+            members["pefile.py"] = (pefile_dir / "pefile.py").read_bytes()
+            members.update(_tree(pefile_dir / "ordlookup", "ordlookup/"))
             continue
-        members["hotpatch/" + relative.as_posix()] = source.read_bytes()
-    members["pefile.py"] = (pefile_dir / "pefile.py").read_bytes()
-    for source in sorted((pefile_dir / "ordlookup").glob("*.py")):
-        members["ordlookup/" + source.name] = source.read_bytes()
+        members.update(_vendored(name))
+    return members
+
+
+def _tree(directory: Path, prefix: str) -> dict[str, bytes]:
+    """The ``.py`` files under ``directory`` (no caches, no ``test_*.py``), named ``prefix + relative path``."""
+    found = {}
+    for source in sorted(directory.rglob("*.py")):
+        relative = source.relative_to(directory)
+        if "__pycache__" in relative.parts or source.name.startswith("test_"):
+            continue
+        found[prefix + relative.as_posix()] = source.read_bytes()
+    return found
+
+
+def _vendored(name: str) -> dict[str, bytes]:
+    """A top-level module or package of the controller's environment, plus its distribution's license files."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{name} is not installed on the controller: install requirements.txt")
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:  # a package: ship the .py files of its folder
+        members = _tree(origin.parent, name + "/")
+    else:
+        members = {origin.name: origin.read_bytes()}
+    distribution = _DISTRIBUTIONS.get(name, name)
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for item in files:
+        if item.name.upper().startswith(("LICENSE", "COPYING")):
+            members[f"licenses/{distribution}-{item.name}"] = Path(str(item.locate())).read_bytes()
     return members
 
 

@@ -230,3 +230,37 @@ def test_tampered_package_is_rejected_on_the_controller_and_nothing_is_sent(
     assert "rejected on the controller" in done.result["msg"], done.result["msg"]
     assert done.puts == []
     assert fleet.request("demo-host-2", "VERSION") == "appcore 1.0.0"
+
+
+def test_signed_package_applies_with_its_trusted_key_and_no_allow_unsigned(
+    fleet: Fleet, package: Path, tmp_path: Path
+) -> None:
+    from ansible_collections.rebootless.windows.tests.unit.plugins.action_harness import sign
+
+    signed = tmp_path / "signed.hpk"
+    signed.write_bytes(package.read_bytes())
+    trusted = sign(signed)
+    args = {
+        "package": str(signed),
+        "trusted_keys": [trusted],
+        "processes": {"pids": [service_pid(fleet, "demo-host-2")]},
+    }
+    done = run(fleet, "demo-host-2", "rebootless.windows.win_hotpatch", args, tmp_path)
+    assert done.result["changed"] is True and not done.result.get("failed"), done.result
+    assert fleet.request("demo-host-2", "VERSION") == "appcore 1.0.1"
+
+    undone = run(fleet, "demo-host-2", "rebootless.windows.win_hotpatch", args | {"state": "absent"}, tmp_path)
+    assert undone.result["changed"] is True, undone.result
+    assert fleet.request("demo-host-2", "VERSION") == "appcore 1.0.0"
+
+
+def test_engine_refusal_of_an_unsigned_remote_package_fails_with_the_engine_message(
+    fleet: Fleet, package: Path, tmp_path: Path
+) -> None:
+    # remote_src: the controller cannot check it, so this is the engine's own refusal (exit code 4).
+    args = {"package": str(package), "remote_src": True, "processes": {"pids": [service_pid(fleet, "demo-host-2")]}}
+    done = run(fleet, "demo-host-2", "rebootless.windows.win_hotpatch", args, tmp_path)
+    assert done.result["failed"] is True
+    assert done.result["engine_rc"] == 4
+    assert done.result["msg"].startswith("apply failed (signature, exit 4): package is unsigned"), done.result["msg"]
+    assert fleet.request("demo-host-2", "VERSION") == "appcore 1.0.0"

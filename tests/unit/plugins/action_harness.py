@@ -86,6 +86,17 @@ def make_package(path: Path, package_id: str = "appcore-fix", module: bytes = b"
     return write_package(str(path), manifest, {member: module})
 
 
+def sign(path: Path) -> str:
+    """Sign the package at ``path`` in place with a new Ed25519 key; returns the public key (base64) to trust."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ansible_collections.rebootless.windows.plugins.plugin_utils._signing import public_key_text, sign_package
+
+    key = Ed25519PrivateKey.generate()
+    path.write_bytes(sign_package(path.read_bytes(), key))
+    return public_key_text(key)
+
+
 class FakeTask:
     """The parts of ansible.playbook.task.Task the action base reads."""
 

@@ -6,6 +6,7 @@ PowerShell scripts are decoded from ``-EncodedCommand`` and compared line by lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -28,6 +29,7 @@ from ansible_collections.rebootless.windows.tests.unit.plugins.action_harness im
     make_action,
     make_package,
     reply,
+    sign,
     stub_engine,
 )
 
@@ -91,7 +93,9 @@ def test_windows_first_apply_probes_once_transfers_engine_and_package_installs_t
 ) -> None:
     path, sha = package
     connection = StrictConnection(shell, Host(True, ["-", "-"]), remote_tmp="C:\\Windows\\TEMP")
-    result = run_action(win_hotpatch, connection, {"package": str(path), "trusted_keys": ["a2V5"]})
+    result = run_action(
+        win_hotpatch, connection, {"allow_unsigned": True, "package": str(path), "trusted_keys": ["a2V5"]}
+    )
 
     assert result.get("failed") is not True, result
     assert result["changed"] is True
@@ -133,7 +137,7 @@ def test_windows_first_apply_probes_once_transfers_engine_and_package_installs_t
 def test_windows_cached_engine_and_package_are_not_transferred_again(engine: Any, package: tuple[Path, str]) -> None:
     path, sha = package
     connection = StrictConnection("powershell", Host(True, [engine.sha256, sha]), remote_tmp="C:\\Windows\\TEMP")
-    run_action(win_hotpatch, connection, {"package": str(path)})
+    run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(path)})
 
     puts = [s.dest for s in connection.sent if s.kind == "put"]
     assert puts == [f"{WIN_TMP}\\request.json"]
@@ -149,7 +153,9 @@ def test_windows_cached_engine_and_package_are_not_transferred_again(engine: Any
 def test_sh_first_apply_command_strings(engine: Any, package: tuple[Path, str]) -> None:
     path, sha = package
     connection = StrictConnection("sh", Host(False, ["-", "-"]), remote_tmp="/tmp/ans")
-    result = run_action(win_hotpatch, connection, {"package": str(path), "engine_dir": "/opt/rb"})
+    result = run_action(
+        win_hotpatch, connection, {"allow_unsigned": True, "package": str(path), "engine_dir": "/opt/rb"}
+    )
 
     assert result["changed"] is True
     probe, _mkdtemp, run, _remove = execs(connection)
@@ -204,11 +210,11 @@ def test_values_with_quotes_spaces_and_metacharacters_stay_literal_in_every_shel
 def test_bad_arguments_fail_on_the_controller_before_anything_is_sent(engine: Any, package: tuple[Path, str]) -> None:
     connection = StrictConnection("powershell", Host(True, []), remote_tmp="C:\\Windows\\TEMP")
     for args in (
-        {"package": str(package[0]), "state": "sideways"},
-        {"package": str(package[0]), "retries": "many"},
+        {"allow_unsigned": True, "package": str(package[0]), "state": "sideways"},
+        {"allow_unsigned": True, "package": str(package[0]), "retries": "many"},
         {"state": "present"},
-        {"package": str(package[0]), "unknown_option": 1},
-        {"package": str(package[0]), "processes": {"pids": ["x"]}},
+        {"allow_unsigned": True, "package": str(package[0]), "unknown_option": 1},
+        {"allow_unsigned": True, "package": str(package[0]), "processes": {"pids": ["x"]}},
     ):
         with pytest.raises(AnsibleActionFail):
             run_action(win_hotpatch, connection, args)
@@ -226,9 +232,9 @@ def test_tampered_or_missing_package_fails_on_the_controller_and_sends_nothing(e
     path.write_bytes(bytes(raw))
     connection = StrictConnection("powershell", Host(True, []), remote_tmp="C:\\Windows\\TEMP")
     with pytest.raises(AnsibleActionFail, match="rejected on the controller"):
-        run_action(win_hotpatch, connection, {"package": str(path)})
+        run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(path)})
     with pytest.raises(AnsibleActionFail, match="not found on the controller"):
-        run_action(win_hotpatch, connection, {"package": str(tmp_path / "absent.hpk")})
+        run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(tmp_path / "absent.hpk")})
     assert connection.sent == []
 
 
@@ -247,7 +253,7 @@ def test_windows_changing_run_without_engine_dir_fails_with_the_role_to_run(
         "powershell", Host(True, ["-", "-"], dir_state="missing"), remote_tmp="C:\\Windows\\TEMP"
     )
     with pytest.raises(AnsibleActionFail, match=r"rebootless\.windows\.engine role"):
-        run_action(win_hotpatch, connection, {"package": str(package[0])})
+        run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(package[0])})
     assert len(connection.sent) == 1  # the probe only
 
 
@@ -260,7 +266,9 @@ def test_check_mode_runs_plan_from_the_tmp_dir_and_installs_nothing(engine: Any,
         ],
     )
     connection = StrictConnection("sh", Host(False, ["-", "-"], document=document), remote_tmp="/tmp/ans")
-    result = run_action(win_hotpatch, connection, {"package": str(path)}, check_mode=True, diff=True)
+    result = run_action(
+        win_hotpatch, connection, {"allow_unsigned": True, "package": str(path)}, check_mode=True, diff=True
+    )
 
     probe, _mkdtemp, run, _remove = execs(connection)
     assert shlex.split(probe.command)[3:5] == ["/var/lib/rebootless", "0"]  # do not create engine_dir
@@ -272,8 +280,11 @@ def test_check_mode_runs_plan_from_the_tmp_dir_and_installs_nothing(engine: Any,
     assert result["diff"] == {"before": "appsvc.exe (pid 7): base\n", "after": "appsvc.exe (pid 7): patched\n"}
 
 
-def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, package: tuple[Path, str]) -> None:
-    path, sha = package
+def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, tmp_path: Path) -> None:
+    path = tmp_path / "signed.hpk"
+    make_package(path)
+    trusted = sign(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
     connection = StrictConnection("powershell", Host(True, [engine.sha256, sha]), remote_tmp="C:\\Windows\\TEMP")
     args = {
         "package": str(path),
@@ -282,7 +293,7 @@ def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, pa
         "activeness_check": True,
         "lock_timeout": 5,
         "state_dir": "D:\\rb\\state",
-        "trusted_keys": ["a2V5"],
+        "trusted_keys": [trusted],
     }
     run_action(win_hotpatch, connection, args)
     assert json.loads([s.data for s in connection.sent if s.kind == "put"][-1]) == {
@@ -294,10 +305,24 @@ def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, pa
         "retry_delay_ms": 20,
         "lock_timeout_s": 5,
         "allow_unsigned": False,
-        "trusted_keys": ["a2V5"],
+        "trusted_keys": [trusted],
         "state_dir": "D:\\rb\\state",
     }
     assert "'rollback'" in script_lines(execs(connection)[2])[2]
+
+
+def test_signature_is_checked_on_the_controller_before_anything_is_sent(engine: Any, tmp_path: Path) -> None:
+    path = tmp_path / "fix.hpk"
+    make_package(path)
+    connection = StrictConnection("powershell", Host(True, []), remote_tmp="C:\\Windows\\TEMP")
+    with pytest.raises(AnsibleActionFail, match="package is unsigned"):
+        run_action(win_hotpatch, connection, {"package": str(path)})
+    sign(path)
+    other = tmp_path / "other.hpk"
+    make_package(other)
+    with pytest.raises(AnsibleActionFail, match="not among the trusted keys"):
+        run_action(win_hotpatch, connection, {"package": str(path), "trusted_keys": [sign(other)]})
+    assert connection.sent == []
 
 
 def test_engine_exit_codes_become_failures_with_the_engine_message(engine: Any, package: tuple[Path, str]) -> None:
@@ -306,7 +331,7 @@ def test_engine_exit_codes_become_failures_with_the_engine_message(engine: Any, 
     connection = StrictConnection(
         "sh", Host(False, [engine.sha256, sha], rc=4, document=rejected), remote_tmp="/tmp/ans"
     )
-    result = run_action(win_hotpatch, connection, {"package": str(path)})
+    result = run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(path)})
     assert result["failed"] is True
     assert result["msg"] == "apply failed (signature, exit 4): manifest.sig does not verify"
     assert result["engine_rc"] == 4
@@ -331,7 +356,7 @@ def test_engine_exit_codes_become_failures_with_the_engine_message(engine: Any, 
     connection = StrictConnection(
         "sh", Host(False, [engine.sha256, sha], rc=1, document=partial), remote_tmp="/tmp/ans"
     )
-    result = run_action(win_hotpatch, connection, {"package": str(path)})
+    result = run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(path)})
     assert result["failed"] is True
     assert result["msg"] == "apply: 1 of 2 processes failed or were refused: appsvc.exe (pid 9): base image mismatch"
     assert result["cold_patch_required"] is True
@@ -370,7 +395,9 @@ def test_become_on_windows_warns_that_the_engine_runs_as_the_connection_user(
     connection = StrictConnection("powershell", Host(True, [engine.sha256, sha]), remote_tmp="C:\\Windows\\TEMP")
     play_context = PlayContext()
     play_context.become = True
-    action = make_action(win_hotpatch.ActionModule, connection, FakeTask({"package": str(path)}), play_context)
+    action = make_action(
+        win_hotpatch.ActionModule, connection, FakeTask({"allow_unsigned": True, "package": str(path)}), play_context
+    )
     warnings: list[str] = []
     monkeypatch.setattr(action._display, "warning", lambda message, *args, **kwargs: warnings.append(message))
     action.run(task_vars={})

@@ -66,7 +66,7 @@ def calls(host: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_second_apply_transfers_nothing_but_the_request(host: dict[str, Any]) -> None:
     engine_dir = host["root"] / "engine dir"
-    args = {"package": str(host["package"]), "engine_dir": str(engine_dir)}
+    args = {"allow_unsigned": True, "package": str(host["package"]), "engine_dir": str(engine_dir)}
 
     first, first_puts = run(host, win_hotpatch, args)
     second_puts = run(host, win_hotpatch, args)[1]
@@ -89,9 +89,12 @@ def test_second_apply_transfers_nothing_but_the_request(host: dict[str, Any]) ->
 
 def test_check_mode_creates_no_engine_dir_and_leaves_no_file(host: dict[str, Any]) -> None:
     engine_dir = host["root"] / "never"
-    result = run(host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(engine_dir)}, check_mode=True)[
-        0
-    ]
+    result = run(
+        host,
+        win_hotpatch,
+        {"allow_unsigned": True, "package": str(host["package"]), "engine_dir": str(engine_dir)},
+        check_mode=True,
+    )[0]
 
     assert result.get("failed") is not True, result
     assert not engine_dir.exists()
@@ -106,7 +109,12 @@ def test_paths_with_quotes_spaces_and_dollars_reach_the_engine_unchanged(host: d
     result = run(
         host,
         win_hotpatch,
-        {"package": str(host["package"]), "engine_dir": str(engine_dir), "state_dir": str(state_dir)},
+        {
+            "allow_unsigned": True,
+            "package": str(host["package"]),
+            "engine_dir": str(engine_dir),
+            "state_dir": str(state_dir),
+        },
     )[0]
 
     assert result.get("failed") is not True, result
@@ -123,14 +131,22 @@ def test_package_rejected_by_the_engine_fails_with_its_message(
         "STUB_ENGINE_REPLY",
         reply("apply", ok=False, error={"kind": "package", "message": "member code.bin does not match"}),
     )
-    result = run(host, win_hotpatch, {"package": str(host["package"]), "engine_dir": str(host["root"] / "e")})[0]
+    result = run(
+        host,
+        win_hotpatch,
+        {"allow_unsigned": True, "package": str(host["package"]), "engine_dir": str(host["root"] / "e")},
+    )[0]
     assert result["failed"] is True
     assert result["msg"] == "apply failed (package, exit 3): member code.bin does not match"
 
 
 def test_missing_python_on_the_host_fails_saying_which_setting_to_fix(host: dict[str, Any]) -> None:
     with pytest.raises(AnsibleActionFail, match="set `python`"):
-        run(host, win_hotpatch, {"package": str(host["package"]), "python": "/nonexistent/python3"})
+        run(
+            host,
+            win_hotpatch,
+            {"allow_unsigned": True, "package": str(host["package"]), "python": "/nonexistent/python3"},
+        )
     assert not host["log"].exists()
 
 

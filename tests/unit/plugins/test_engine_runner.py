@@ -57,7 +57,9 @@ def test_archive_holds_the_engine_package_pefile_and_a_root_main() -> None:
         if "__pycache__" not in p.parts
     }
     assert expected <= set(members)
-    assert {"__main__.py", "pefile.py", "ordlookup/__init__.py"} <= set(members)
+    assert {"__main__.py", "pefile.py", "ordlookup/__init__.py", "ecdsa/__init__.py", "six.py"} <= set(members)
+    assert {"licenses/pefile-LICENSE", "licenses/ecdsa-LICENSE", "licenses/six-LICENSE"} <= set(members)
+    assert not any(name.rsplit("/", 1)[-1].startswith("test_") for name in members)
     assert not any("__pycache__" in name for name in members)
 
 
@@ -104,6 +106,33 @@ def test_real_archive_answers_inspect_on_the_oldest_host_python(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     assert (document["verb"], document["facts"]["python_version"][:4]) == ("inspect", "3.8.")
+
+
+def test_real_archive_verifies_a_package_signature_on_the_oldest_host_python(tmp_path: Path) -> None:
+    python = oldest_host_python()
+    if python is None:
+        pytest.skip("no Python 3.8 here: install it (pyenv) to check the engine on the oldest host Python")
+    from ansible_collections.rebootless.windows.tests.unit.plugins.action_harness import make_package, sign
+
+    archive = tmp_path / "engine.pyz"
+    archive.write_bytes(build_engine(engine_members()))
+    package = tmp_path / "fix.hpk"
+    make_package(package)
+    trusted = sign(package)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from hotpatch.package import read_package\n"
+        "from hotpatch.signature import verify_manifest\n"
+        "checked = read_package(sys.argv[2])\n"
+        "print(verify_manifest(checked.manifest_bytes, checked.signature, [sys.argv[3]], False).signed)\n"
+    )
+    done = subprocess.run(
+        [python, "-I", "-S", "-c", code, str(archive), str(package), trusted],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
 
 
 def test_root_main_runs_hotpatch_main_and_exits_with_its_code(tmp_path: Path) -> None:
