@@ -12,8 +12,9 @@ version_added: 0.1.0
 description:
   - Applies a rebootless hotpatch package to every running process that loads the package's module, rolls it
     back, or stages the patched module on disk (the cold path) for the next restart.
-  - The package is verified on the controller (structure, member SHA-256) before anything is sent, and again by
-    the engine on the host, which also checks the signature and that each process runs the pinned base image.
+  - The package is verified on the controller (structure, member SHA-256, signature against O(trusted_keys))
+    before anything is sent, and again by the engine on the host, which also checks that each process runs the
+    pinned base image.
   - The engine zipapp and the package are transferred only when the host does not already hold a file with the
     same SHA-256 under O(engine_dir); one command asks the host for those digests first.
   - In check mode the engine's C(plan) reports what would happen per process and nothing on the host changes;
@@ -78,7 +79,8 @@ options:
     default: 30
   allow_unsigned:
     description:
-      - Accept a package without a signature from O(trusted_keys). Only for tests and lab hosts.
+      - Accept a package that carries no signature. Only for tests and lab hosts.
+      - A package that is signed must still verify with one of O(trusted_keys); a bad signature is never accepted.
     type: bool
     default: false
   trusted_keys:
