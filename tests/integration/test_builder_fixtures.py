@@ -271,3 +271,37 @@ def test_blob_resolver_sees_the_load_base(tmp_path: Path) -> None:
     symbol = base.symbols["scale"]
     resolve = blob_resolver(b"", 0x1000, base, {}, LOAD_BASE, 0, 0)
     assert resolve(LOAD_BASE + symbol.rva, 0, 0) == "function:scale+0"
+
+
+def test_command_line_writes_the_package_or_exits_1_with_reasons(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "hotpatch-build"
+    good, bad = PAIRS["gcc/new_string"], PAIRS["gcc/data_layout"]
+    out = tmp_path / "fix.hpk"
+    common = ["--out", str(out), "--id", "fix", "--version", "1", "--json"]
+    done = subprocess.run(
+        [sys.executable, str(script), "--base", str(good.base), "--patched", str(good.patched), *common],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_package(str(out)).manifest.functions[0].name == "describe"
+    out.unlink()
+    done = subprocess.run(
+        [sys.executable, str(script), "--base", str(bad.base), "--patched", str(bad.patched), *common],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1 and not out.exists()
+    assert "weights" in done.stderr and "writable data" in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(script), "--base", str(tmp_path), "--patched", str(bad.patched), *common],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "cannot read module" in done.stderr
