@@ -1,3 +1,5 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of ``rebootless.windows.hotpatch_report``: turn every host's ``hotpatch_record`` into run reports.
 
 Writes, into ``dest``: ``hotpatch-report.json`` (the whole run, the source of the others), ``hotpatch-report.md``,

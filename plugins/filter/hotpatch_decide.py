@@ -1,3 +1,5 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filter ``rebootless.windows.hotpatch_decide``: hotpatch, cold path or skip for one host, with the reason.
 
 Inputs are what the role already holds: the host's ``ansible_facts.hotpatch`` (win_hotpatch_facts), the result of

@@ -1,3 +1,5 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filter ``rebootless.windows.hotpatch_wave_failures``: which hosts of a wave count as failed for the threshold.
 
 ``hosts | rebootless.windows.hotpatch_wave_failures(hostvars, rollback_is_failure=true)`` -> list of host names. A host

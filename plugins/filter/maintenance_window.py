@@ -1,3 +1,5 @@
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filter ``rebootless.windows.maintenance_window``: is a host's maintenance window open, and when does it open next.
 
 A window is a weekly recurrence written in the host's own wall clock::

@@ -1,4 +1,8 @@
-# Documentation only: the action plugin of the same name does the work on the controller.
+#!/usr/bin/python
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Documentation only: the action plugin plugins/action/hotpatch_report.py does the work on the controller.
+
 from __future__ import annotations
 
 DOCUMENTATION = r"""
