@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import iced_x86
 
-from .model import Image, Symbol, Target
+from .model import RELOC_DIR64, Image, Symbol, Target
 
 __all__ = ["Body", "JumpTable", "Reference", "decode_body", "same_body"]
 
@@ -130,6 +130,13 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
         normal[ref.offset : ref.offset + size] = bytes(size)
         tokens.append(_token(image, ref, begin))
     for reloc in relocs:  # absolute addresses (mov r64, imm64 and the like): rare in x64 code
+        kind = image.relocations[reloc]
+        if kind != RELOC_DIR64:
+            problems.append(
+                f"base relocation of type {kind} at {symbol.name}+0x{reloc - begin:x} is not a 64-bit address "
+                "the builder can move (only IMAGE_REL_BASED_DIR64 is)"
+            )
+            continue
         index = bisect.bisect_right(starts, reloc) - 1
         if index < 0 or reloc + 8 > end:
             continue

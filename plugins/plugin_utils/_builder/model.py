@@ -20,13 +20,13 @@ from ...module_utils.hotpatch.package import ImagePin
 from .coff import read_coff_symbols
 from .mapfile import read_map
 
-__all__ = ["Image", "Section", "Symbol", "Target", "load_image"]
+__all__ = ["RELOC_DIR64", "Image", "Section", "Symbol", "Target", "load_image"]
 
 _SCN_EXECUTE = 0x20000000
 _SCN_WRITE = 0x80000000
 _SCN_CODE = 0x00000020
 _RELOC_ABSOLUTE = 0
-_RELOC_DIR64 = 10
+RELOC_DIR64 = 10  # IMAGE_REL_BASED_DIR64
 _MAX_STRING = 4096
 
 

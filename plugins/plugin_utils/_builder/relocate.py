@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ...module_utils.hotpatch.package import Refusal, Relocation, UnwindTable
 from .compare import JumpTable, Reference
-from .model import Image, Symbol, Target
+from .model import RELOC_DIR64, Image, Symbol, Target
 from .select import Selection
 from .unwind import read_unwind
 
@@ -180,7 +180,12 @@ class _Relocator:
         offset = self._append(self.patched.read(rva, size))
         self.carried[key] = offset
         for reloc in self.patched.relocations_in(rva, rva + size):
-            if reloc + 8 > rva + size:
+            if self.patched.relocations[reloc] != RELOC_DIR64 or reloc + 8 > rva + size:
+                self._refuse(
+                    f"constant at RVA 0x{rva:x}",
+                    f"holds a base relocation of type {self.patched.relocations[reloc]} at RVA 0x{reloc:x} the "
+                    "builder cannot move; use the cold path",
+                )
                 continue
             at = offset + reloc - rva
             bound = self._bind(self.patched.describe(self.patched.pointer(reloc)), f"constant at RVA 0x{rva:x}")
