@@ -406,7 +406,7 @@ def _svg_timeline(report: Mapping[str, Any]) -> str:
                 t1, t_load + (datetime.fromtimestamp(float(load["duration_s"]), UTC) - datetime.fromtimestamp(0, UTC))
             )
     span = max((t1 - t0).total_seconds(), 1.0)
-    left, width, row_h = 150, 760, 18
+    left, width, row_h = 200, 760, 18
     chart_h = 120 if load else 0
     height = 30 + row_h * len(hosts) + (chart_h + 40 if load else 0) + 20
 

@@ -256,3 +256,47 @@ def test_failing_canary_wave_stops_the_rollout(tmp_path: Path) -> None:
         assert after[name] == before[name]  # never touched
     junit = (tmp_path / "report" / "hotpatch-report.junit.xml").read_text(encoding="utf-8")
     assert 'type="rollout_stopped"' in junit
+
+
+COLD_BASE_PORT = 29280 + 40
+
+
+def test_forced_cold_path_restarts_or_reboots_inside_the_window_and_then_stays_put(tmp_path: Path) -> None:
+    if not have_wine():
+        pytest.skip("needs wine64 and mingw-w64 (make deps)")
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.up(hosts=2, base_port=COLD_BASE_PORT, mismatch_host=0)
+    policy = {
+        "demo_fault_hosts": [],
+        "hotpatch_force_cold": True,
+        # Extra vars are templated per host: host 1 restarts its service, host 2 reboots.
+        "hotpatch_cold_action": "{{ 'reboot' if inventory_hostname == 'demo-host-2' else 'restart_services' }}",
+    }
+    try:
+        before = snapshot(fleet)
+        boots_before = {h["name"]: h["boots"] for h in fleet.status(probe=False)["hosts"]}
+        first = run_playbook(fleet.inventory_path, tmp_path / "first", extra_vars=policy)
+        after = snapshot(fleet)
+        boots_after = {h["name"]: h["boots"] for h in fleet.status(probe=False)["hosts"]}
+        second = run_playbook(fleet.inventory_path, tmp_path / "second", extra_vars=policy)
+        again = snapshot(fleet)
+    finally:
+        fleet.down()
+    assert first.returncode == 0, first.stdout[-3000:]
+    hosts = by_host(load_report(tmp_path / "first"))
+    for name in ("demo-host-1", "demo-host-2"):
+        assert hosts[name]["decision"] == "cold"
+        assert hosts[name]["result"] == "cold_patched", hosts[name]["reasons"]
+        assert any(r.startswith("cold path: maintenance window lab (always) open") for r in hosts[name]["reasons"])
+        assert all(c["ok"] for c in hosts[name]["health"] if c["phase"] == "cold")
+        # New process loading the staged module: the fix, and the module file on disk is the patched one.
+        assert after[name].pid != before[name].pid
+        assert after[name].version == "appcore 1.0.1"
+        assert after[name].get5_leaks is False
+        assert after[name].module_sha256 != before[name].module_sha256
+    assert boots_after == {"demo-host-1": boots_before["demo-host-1"], "demo-host-2": boots_before["demo-host-2"] + 1}
+    # The second run finds the cold patch in place and changes nothing.
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert all(c["changed"] == 0 for c in recap(second.stdout).values()), second.stdout[-3000:]
+    assert {h["result"] for h in load_report(tmp_path / "second")["hosts"]} == {"skipped"}
+    assert again == after
