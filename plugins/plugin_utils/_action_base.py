@@ -210,15 +210,17 @@ class PowerShellCommands(HostCommands):
 
     def run(self, python: str, engine: str, verb: str, request: str, installs: Sequence[tuple[str, str]]) -> str:
         lines = []
-        for source, target in installs:
-            part = target + ".part"
-            # Copy (not move) so the file inherits the engine directory's ACL, then rename into place.
-            lines.append(
-                f"Copy-Item -LiteralPath {self.literal(source)} -Destination {self.literal(part)} -Force -ErrorAction Stop"
-            )
-            lines.append(
-                f"Move-Item -LiteralPath {self.literal(part)} -Destination {self.literal(target)} -Force -ErrorAction Stop"
-            )
+        if installs:
+            # Copy (not move) so the file inherits the engine directory's ACL, then rename it into place so no
+            # reader sees a partial file. A function keeps each path once: the encoded command must stay under
+            # cmd.exe's 8191 characters even with long paths.
+            lines += [
+                "function Install-Cached([string]$Source, [string]$Target) {",
+                "Copy-Item -LiteralPath $Source -Destination ($Target + '.part') -Force -ErrorAction Stop",
+                "Move-Item -LiteralPath ($Target + '.part') -Destination $Target -Force -ErrorAction Stop",
+                "}",
+            ]
+            lines += [f"Install-Cached {self.literal(source)} {self.literal(target)}" for source, target in installs]
         args = " ".join(self.literal(value) for value in (python, engine, verb, "--request", request))
         lines += ["$env:PYTHONIOENCODING = 'utf-8'", f"& {args}", "exit $LASTEXITCODE"]
         return self.encode("\n".join(lines))

@@ -120,10 +120,12 @@ def test_windows_first_apply_probes_once_transfers_engine_and_package_installs_t
     assert puts[2][1] == f"{WIN_TMP}\\request.json"
     assert script_lines(run) == [
         "Set-StrictMode -Version Latest",
-        f"Copy-Item -LiteralPath '{WIN_TMP}\\{Path(engine.path).name}' -Destination '{cache_engine}.part' -Force -ErrorAction Stop",
-        f"Move-Item -LiteralPath '{cache_engine}.part' -Destination '{cache_engine}' -Force -ErrorAction Stop",
-        f"Copy-Item -LiteralPath '{WIN_TMP}\\{sha}.hpk' -Destination '{cache_pkg}.part' -Force -ErrorAction Stop",
-        f"Move-Item -LiteralPath '{cache_pkg}.part' -Destination '{cache_pkg}' -Force -ErrorAction Stop",
+        "function Install-Cached([string]$Source, [string]$Target) {",
+        "Copy-Item -LiteralPath $Source -Destination ($Target + '.part') -Force -ErrorAction Stop",
+        "Move-Item -LiteralPath ($Target + '.part') -Destination $Target -Force -ErrorAction Stop",
+        "}",
+        f"Install-Cached '{WIN_TMP}\\{Path(engine.path).name}' '{cache_engine}'",
+        f"Install-Cached '{WIN_TMP}\\{sha}.hpk' '{cache_pkg}'",
         "$env:PYTHONIOENCODING = 'utf-8'",
         f"& 'C:\\ProgramData\\rebootless\\python\\python.exe' '{cache_engine}' 'apply' '--request' '{WIN_TMP}\\request.json'",
         "exit $LASTEXITCODE",
@@ -402,3 +404,11 @@ def test_become_on_windows_warns_that_the_engine_runs_as_the_connection_user(
     monkeypatch.setattr(action._display, "warning", lambda message, *args, **kwargs: warnings.append(message))
     action.run(task_vars={})
     assert warnings == ["become is not applied to the engine on Windows: connect as an Administrator"]
+
+
+def test_windows_commands_stay_under_the_cmd_line_limit_with_long_paths(engine: Any, package: tuple[Path, str]) -> None:
+    path, _sha = package
+    engine_dir = "D:\\" + "\\".join(["rebootless-engine-cache"] * 10)  # ~240 characters, near MAX_PATH
+    connection = StrictConnection("cmd", Host(True, ["-", "-"]), remote_tmp="C:\\Windows\\TEMP")
+    run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(path), "engine_dir": engine_dir})
+    assert max(len(sent.command) for sent in execs(connection)) < 8191  # cmd.exe's command line limit
