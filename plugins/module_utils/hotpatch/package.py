@@ -305,7 +305,7 @@ def write_package(
             info.external_attr = _ZIP_MODE
             info.create_system = 3
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data, compresslevel=9)
+            archive.writestr(info, data, compresslevel=6)  # 9 costs ~4x the time (5 MB: ~4 s) for <1% size
     payload = buffer.getvalue()
     if isinstance(dest, str):
         with open(dest, "wb") as handle:
