@@ -37,6 +37,9 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "state_dir": {"type": "str"},
 }
 
+# The engine's bounds (host/request.py), checked on the controller so a bad value never reaches the host.
+_RANGES = {"retries": (0, 1000), "retry_delay_ms": (0, 60000), "lock_timeout": (0, 86400)}
+
 # state -> (verb, verb in check mode)
 _VERBS = {
     "present": ("apply", "plan"),
@@ -58,6 +61,21 @@ class ActionModule(EngineAction):
 
     def package_source(self, params: dict[str, Any]) -> tuple[str, bool] | None:
         return params["package"], bool(params["remote_src"])
+
+    def argument_problems(self, params: dict[str, Any]) -> list[str]:
+        problems = [
+            f"{name} must be from {low} to {high}, got {params[name]}"
+            for name, (low, high) in _RANGES.items()
+            if not low <= params[name] <= high
+        ]
+        processes = params.get("processes") or {}
+        if any(pid <= 0 for pid in processes.get("pids") or []):
+            problems.append("processes.pids must be positive process ids")
+        if any(not name for name in processes.get("names") or []):
+            problems.append("processes.names must not contain empty names")
+        if not params["package"]:
+            problems.append("package must not be empty")
+        return problems
 
     def request(self, params: dict[str, Any]) -> dict[str, Any]:
         request: dict[str, Any] = {

@@ -65,16 +65,17 @@ options:
   retries:
     description:
       - How many times the engine stops a process's threads again when one was stopped inside the bytes it must
-        write, before it refuses that process.
+        write, before it refuses that process. From 0 to 1000.
     type: int
     default: 5
   retry_delay_ms:
-    description: Milliseconds the threads run between two such attempts.
+    description: Milliseconds the threads run between two such attempts. From 0 to 60000.
     type: int
     default: 20
   lock_timeout:
     description:
       - Seconds to wait for the host-wide engine lock held by another engine run before failing (exit code 6).
+        From 0 to 86400.
     type: int
     default: 30
   allow_unsigned:

@@ -290,6 +290,10 @@ class EngineAction(ActionBase):
         """``(path, remote)`` of the package to use, or None when the verb needs none."""
         return None
 
+    def argument_problems(self, params: dict[str, Any]) -> list[str]:
+        """What the argument spec cannot express (ranges, ...): one message per problem, checked before sending."""
+        return []
+
     def is_failure(self, reply: EngineReply) -> bool:
         """Whether the task fails; default: any non-zero exit code."""
         return reply.rc != 0
@@ -308,6 +312,9 @@ class EngineAction(ActionBase):
             mutually_exclusive=self.MUTUALLY_EXCLUSIVE,
             required_if=self.REQUIRED_IF,
         )
+        problems = self.argument_problems(params)
+        if problems:
+            raise AnsibleActionFail("; ".join(problems) + "; nothing was sent to the host")
         source = self.package_source(params)
         package = self.check_package(source[0], params) if source and not source[1] else None
         try:
