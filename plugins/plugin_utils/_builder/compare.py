@@ -109,7 +109,8 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
             if begin <= target_rva < end:
                 # inside the function: position-independent; a jump table there is data, not code
                 if target_rva > instr.ip and instr.mnemonic == iced_x86.Mnemonic.LEA:
-                    table = _jump_table(image, target_rva, begin, end, _last_cmp(code, begin, instr.ip))
+                    previous = [imm for ip, imm in _compares(code, begin) if ip < instr.ip]
+                    table = _jump_table(image, target_rva, begin, end, previous[-1] if previous else None)
                     if table is not None:
                         inline_tables[target_rva - begin] = target_rva - begin + 4 * len(table.entries)
                 continue
@@ -149,10 +150,13 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
         references.append(ref)
         normal[ref.offset : ref.offset + 8] = bytes(8)
         tokens.append(_token(image, ref, begin))
-    if has_indirect_jump:  # a lea of a table-shaped constant only makes a jump table with an indirect jump
+    if has_indirect_jump and candidates:  # a lea of a table-shaped constant only makes a jump table then
+        compares = _compares(code, begin)
         for index in candidates:
             ref = references[index]
-            table = _jump_table(image, ref.target.rva, begin, end, _last_cmp(code, begin, begin + ref.instr_at))
+            found = bisect.bisect_left(compares, (begin + ref.instr_at, -1)) - 1
+            bound = compares[found][1] if found >= 0 else None
+            table = _jump_table(image, ref.target.rva, begin, end, bound)
             if table is not None:
                 references[index] = Reference(
                     ref.offset, ref.size, ref.kind, ref.next_ip, ref.target, ref.call, table, ref.instr_at
@@ -199,12 +203,12 @@ def _jump_table(image: Image, rva: int, begin: int, end: int, count_hint: int | 
     return JumpTable(rva, tuple(entries))
 
 
-def _last_cmp(code: bytes, begin: int, upto: int) -> int | None:
-    """Immediate of the last ``cmp reg, imm`` before ``upto`` (a switch's bound: entries = imm + 1), or None."""
-    found: int | None = None
-    for instr in iced_x86.Decoder(64, code[: upto - begin], ip=begin):
+def _compares(code: bytes, begin: int) -> list[tuple[int, int]]:
+    """(ip, immediate) of every ``cmp reg, imm`` in the body, in order: a switch's bound (entries = imm + 1)."""
+    found: list[tuple[int, int]] = []
+    for instr in iced_x86.Decoder(64, code, ip=begin):
         if instr.mnemonic == iced_x86.Mnemonic.CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind):
-            found = instr.immediate(1)
+            found.append((instr.ip, instr.immediate(1)))
     return found
 
 

@@ -105,6 +105,8 @@ class Image:
     _reloc_rvas: list[int] = field(default_factory=list, repr=False)
     _sections_by_start: list[Section] = field(default_factory=list, repr=False)
     _section_starts: list[int] = field(default_factory=list, repr=False)
+    _described: dict[tuple[int, int], Target] = field(default_factory=dict, repr=False)
+    _contents: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         primary: dict[int, Symbol] = {}
@@ -161,7 +163,15 @@ class Image:
     # -- naming -----------------------------------------------------------------------------------------------
 
     def describe(self, rva: int, size_hint: int = 0) -> Target:
-        """Name what ``rva`` points at (see Target). ``size_hint``: operand size when known (for constants)."""
+        """Name what ``rva`` points at (see Target). ``size_hint``: operand size when known (for constants).
+        Memoised: code refers to the same few targets over and over."""
+        key = (rva, size_hint)
+        found = self._described.get(key)
+        if found is None:
+            found = self._described[key] = self._describe(rva, size_hint)
+        return found
+
+    def _describe(self, rva: int, size_hint: int) -> Target:
         dll_name = self.imports.get(rva)
         if dll_name is not None:
             return Target("import", dll_name, 0, rva)
@@ -182,6 +192,13 @@ class Image:
     def contents(self, rva: int, size: int) -> str:
         """Bytes at [rva, rva + size) as hex, with each base-relocated pointer inside replaced by what it names,
         so that equal constants compare equal wherever the linker put what they point at."""
+        key = (rva, size)
+        found = self._contents.get(key)
+        if found is None:
+            found = self._contents[key] = self._contents_of(rva, size)
+        return found
+
+    def _contents_of(self, rva: int, size: int) -> str:
         raw = bytearray(self.read(rva, size))
         names: list[str] = []
         for reloc in self.relocations_in(rva - 7, rva + size):
