@@ -261,6 +261,25 @@ def test_busy_process_survives_thousands_of_quiesce_and_resume(target: Target, h
     assert after[0] > before[0] and after[3] == 0
 
 
+def test_the_engine_thread_runs_real_time_only_while_the_process_is_paused(target: Target, handle: WineProcess) -> None:
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    quiesced = handle.quiesce()
+    try:
+        assert os.sched_getscheduler(0) == os.SCHED_FIFO  # shortens the pause on loaded CPUs (bench_quiesce)
+    finally:
+        quiesced.resume()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+    _ptrace.seize(target.pid)  # a failed quiesce restores it too
+    try:
+        with pytest.raises(BackendError):
+            handle.quiesce()
+    finally:
+        _ptrace.interrupt(target.pid)
+        _ptrace.wait_stop(target.pid, 2**62)
+        _ptrace.detach(target.pid)
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+
+
 def test_quiesce_stops_every_thread_until_resume(target: Target, handle: WineProcess) -> None:
     counter = handle._export(EXE_NAME, "counts")  # counts[0].calls, bumped by the first worker on every call
     target.wait_calls(0)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from ..errors import BackendError
 from . import _ptrace
@@ -49,12 +50,14 @@ class StoppedProcess:
     resend: List[Tuple[int, int]] = field(default_factory=list)
     started_ns: int = 0
     released: bool = False
+    scheduling: Optional[Tuple[int, int]] = None  # our thread's policy and priority before the pause
 
     def release(self) -> int:
         """Detach every task (re-delivering held signals); returns the pause in microseconds. Idempotent."""
         if self.released:
             return 0
         self.released = True
+        failures: List[str] = []
         for tid in sorted(self.attached):
             task = self.tasks.get(tid)
             if task is None:  # seized but never seen stopped (error path): it must stop before it can detach
@@ -68,13 +71,42 @@ class StoppedProcess:
                 _ptrace.detach(tid, sig)
             except OSError as exc:
                 if exc.errno != errno.ESRCH:  # ESRCH: the task exited meanwhile
-                    raise BackendError(f"could not detach thread {tid} of process {self.pid}: {exc}") from exc
+                    failures.append(f"thread {tid}: {exc}")
         pause_us = (time.monotonic_ns() - self.started_ns) // 1000 if self.started_ns else 0
+        _restore_scheduling(self.scheduling)
         for tid, sig in self.resend:
             with contextlib.suppress(OSError):  # the thread is gone: nobody left to receive it
                 _ptrace.tgkill(self.pid, tid, sig)
         self.attached.clear()
+        if failures:
+            raise BackendError(
+                f"could not detach from process {self.pid} ({'; '.join(failures)}); the engine's exit detaches them"
+            )
         return pause_us
+
+
+def _realtime() -> Optional[Tuple[int, int]]:
+    """Run the calling thread SCHED_FIFO for the pause; returns what to restore (None: unchanged).
+
+    Every wait in a pause ends in a wake-up of this thread; on loaded CPUs a normal thread then queues behind
+    every runnable task (the target's own busy threads included). Measured on 2 CPUs at load 50: median
+    pause for 64 busy threads 256 ms normal, 67 ms at nice -20, 1.2 ms SCHED_FIFO. Every loop of the pause
+    blocks or sleeps and is bounded by a deadline, so the real-time thread cannot starve the host.
+    """
+    try:
+        before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+        if before[0] == os.SCHED_FIFO:
+            return None
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (OSError, AttributeError):  # no CAP_SYS_NICE, or not Linux: pause longer, still correct
+        return None
+    return before
+
+
+def _restore_scheduling(before: Optional[Tuple[int, int]]) -> None:
+    if before is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
 
 
 def _seize(sp: StoppedProcess, tid: int) -> bool:
@@ -119,6 +151,7 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS) -> StoppedProcess:
     EPERM, timeout) with every task already released."""
     sp = StoppedProcess(pid)
     deadline = time.monotonic_ns() + timeout_ns
+    sp.scheduling = _realtime()
     try:
         while True:
             try:
