@@ -145,10 +145,11 @@ def _seize(sp: StoppedProcess, tid: int) -> bool:
     return True
 
 
-def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS) -> StoppedProcess:
+def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> StoppedProcess:
     """Seize and stop every task of ``pid``, re-listing /proc/PID/task until no new task appears (a task can
-    only be created by a running one, so an empty round means all are stopped). Raises BackendError (gone,
-    EPERM, timeout) with every task already released."""
+    only be created by a running one, so an empty round means all are stopped). With ``limit``, stop only until
+    that many tasks not holding a signal are stopped (enough to borrow one for a system call; the rest run on).
+    Raises BackendError (gone, EPERM, timeout) with every task already released."""
     sp = StoppedProcess(pid)
     deadline = time.monotonic_ns() + timeout_ns
     sp.scheduling = _realtime()
@@ -161,6 +162,8 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS) -> StoppedProcess:
             new = [tid for tid in listed if tid not in sp.attached and tid not in sp.gone]
             if not new:
                 break
+            if limit:
+                new = new[:1]
             seized = [tid for tid in new if _seize(sp, tid)]
             for tid in seized:
                 result = _ptrace.wait_stop(tid, deadline)
@@ -180,6 +183,8 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS) -> StoppedProcess:
                     sp.gone.add(tid)
                     continue
                 sp.tasks[tid] = StoppedTask(tid, regs, result.sig if result.signal_delivery else 0)
+            if limit and sum(1 for task in sp.tasks.values() if not task.held_signal) >= limit:
+                break
         if not sp.tasks:
             raise BackendError(f"process {pid} is gone (no thread left to stop)")
     except BaseException:

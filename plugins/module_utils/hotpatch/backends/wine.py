@@ -227,12 +227,13 @@ class WineProcess:
     # -- stopped threads -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _stopped(self) -> Iterator[StoppedProcess]:
-        """The current quiesce, or a brief one of our own for a single operation."""
+    def _stopped(self, limit: int = 0) -> Iterator[StoppedProcess]:
+        """The current quiesce, or a brief stop of our own for a single operation (of ``limit`` threads when
+        the operation needs only one to borrow, e.g. a system call; of all for a call into Windows code)."""
         if self._quiesced is not None:
             yield self._quiesced.stopped
             return
-        stopped = stop_all(self._pid)
+        stopped = stop_all(self._pid, limit=limit)
         try:
             yield stopped
         finally:
@@ -442,7 +443,7 @@ class WineProcess:
                 "the patch cannot be staged near the module (restart the process to apply it cold)"
             )
         flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
-        with self._stopped() as stopped:
+        with self._stopped(limit=1) as stopped:
             for address in candidates:
                 result = self._syscall(stopped, SYS_MMAP, (address, length, PROT_READ | PROT_WRITE, flags, -1, 0))
                 if result == address:
@@ -462,7 +463,7 @@ class WineProcess:
             raise BackendError(f"unknown protection {protection!r}: use 'rx', 'rw' or 'rwx'")
         start = address & ~(PAGE - 1)
         length = _page_up(address + size) - start
-        with self._stopped() as stopped:
+        with self._stopped(limit=1) as stopped:
             result = self._syscall(stopped, SYS_MPROTECT, (start, length, _PROT_BITS[protection]))
         if result != 0:
             raise BackendError(f"process {self._pid}: mprotect {start:#x}+{length:#x} failed: {os.strerror(-result)}")
@@ -477,7 +478,7 @@ class WineProcess:
                 f"process {self._pid}: {address:#x}+{length:#x} is not anonymous memory an engine allocated; "
                 "nothing was freed"
             )
-        with self._stopped() as stopped:
+        with self._stopped(limit=1) as stopped:
             result = self._syscall(stopped, SYS_MUNMAP, (address, length))
         if result != 0:
             raise BackendError(f"process {self._pid}: munmap {address:#x} failed: {os.strerror(-result)}")
