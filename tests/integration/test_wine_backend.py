@@ -49,6 +49,17 @@ struct alignas(64) Counts { volatile LONG64 calls, old_, new_, bad; };
 extern "C" __declspec(dllexport) Counts counts[128];
 Counts counts[128];
 static int nthreads;
+static volatile LONG64 churned;
+static DWORD WINAPI brief(LPVOID p) { return 0; }
+static DWORD WINAPI churner(LPVOID p) {
+    for (;;) {
+        HANDLE t = CreateThread(NULL, 0, brief, NULL, 0, NULL);
+        WaitForSingleObject(t, INFINITE);
+        CloseHandle(t);
+        InterlockedIncrement64(&churned);
+    }
+    return 0;
+}
 extern "C" __declspec(dllexport) __attribute__((noinline)) long long thrower(long long x) {
     throw (int)(x + 1000);
 }
@@ -90,6 +101,9 @@ int main(int argc, char **argv) {
             PRUNTIME_FUNCTION f = RtlLookupFunctionEntry(strtoull(line + 7, NULL, 16), &base, NULL);
             if (f) printf("%llx %lx %lx\n", (unsigned long long)base, f->BeginAddress, f->EndAddress);
             else printf("none\n");
+        } else if (!strncmp(line, "churn", 5)) {
+            if (line[5] == 'e') printf("%lld\n", (long long)churned);
+            else { CreateThread(NULL, 0, churner, NULL, 0, NULL); printf("churning\n"); }
         } else if (!strncmp(line, "quit", 4)) {
             break;
         }
@@ -278,6 +292,23 @@ def test_the_engine_thread_runs_real_time_only_while_the_process_is_paused(targe
         _ptrace.wait_stop(target.pid, 2**62)
         _ptrace.detach(target.pid)
     assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+
+
+def test_threads_starting_and_exiting_during_quiesce_are_stopped_or_skipped(
+    target: Target, handle: WineProcess
+) -> None:
+    assert target.ask("churn") == "churning"
+    counts = set()
+    for _ in range(300):
+        quiesced = handle.quiesce(with_stacks=True)
+        counts.add(len(quiesced.threads))
+        quiesced.resume()
+    first = int(target.ask("churned"))
+    while int(target.ask("churned")) == first:  # the churner thread still creates and joins threads
+        os.sched_yield()
+    assert max(counts) >= 6  # main, 4 workers, the churner: plus a brief thread now and then
+    assert target.tracers() == {0}
+    assert target.stats()[3] == 0
 
 
 def test_quiesce_stops_every_thread_until_resume(target: Target, handle: WineProcess) -> None:

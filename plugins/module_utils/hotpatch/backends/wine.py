@@ -18,7 +18,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import BackendError
 from . import _procfs
@@ -109,6 +109,13 @@ class WineProcess:
             raise BackendError(f"process {info.pid} is gone") from exc
         except PermissionError as exc:
             raise BackendError(f"cannot open the memory of process {info.pid}: run the engine as root") from exc
+        try:  # the fd pins this process's memory; make sure it is the one described (no PID reuse in between)
+            same = f"{_procfs.boot_id()}:{_procfs.start_ticks(info.pid)}" == info.start_time
+        except OSError:
+            same = False
+        if not same:
+            os.close(self._mem)
+            raise BackendError(f"process {info.pid} is gone (its PID now names another process)")
         self._allocations: Dict[int, Allocation] = {}
         self._quiesced: Optional[WineQuiesced] = None
         self._exports: Dict[str, int] = {}
@@ -259,30 +266,51 @@ class WineProcess:
         return self._quiesced
 
     def _thread_state(self, task: StoppedTask, maps: List[Mapping]) -> ThreadState:
-        """Return-address candidates: 8-byte-aligned values pointing into executable mappings, from a window
-        above rsp and, when the thread is in Wine's Unix-side code, above its Windows-side rsp too."""
+        """Return-address candidates: 8-byte-aligned values pointing into executable mappings, read from the
+        live part of each stack the thread uses (see _stack_windows)."""
         exec_ranges = [(m.start, m.end) for m in maps if m.executable]
         starts = [r[0] for r in exec_ranges]
         low = exec_ranges[0][0] if exec_ranges else 0
         high = exec_ranges[-1][1] if exec_ranges else 0
-        windows = [task.regs.rsp]
-        unix = self._unix_side(task)
-        if unix is not None:
-            windows.append(unix.windows_rsp)
         found: List[int] = []
-        for rsp in windows:
-            mapping = _procfs.find_mapping(maps, rsp)
-            if mapping is None:
-                continue
-            start = rsp & ~7
-            data = self.read(start, min(STACK_WINDOW, mapping.end - start))
-            values = struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8])
-            for value in values:
+        for start, end in self._stack_windows(task, maps):
+            data = self.read(start, end - start)
+            for value in struct.unpack(f"<{len(data) // 8}Q", data):
                 if low <= value < high:
                     index = bisect.bisect_right(starts, value) - 1
                     if index >= 0 and value < exec_ranges[index][1]:
                         found.append(value)
         return ThreadState(task.tid, task.regs.rip, task.regs.rsp, tuple(dict.fromkeys(found)))
+
+    def _stack_windows(self, task: StoppedTask, maps: List[Mapping]) -> List[Tuple[int, int]]:
+        """[start, end) ranges of live stack, each at most STACK_WINDOW bytes: rsp up to StackBase on the
+        Windows stack; for a thread in Wine's Unix-side code, rsp up to its syscall frame plus the Windows-side
+        rsp up to StackBase (the Windows caller's frames, e.g. a patched function waiting in Sleep, are there);
+        elsewhere (a signal stack) STACK_WINDOW bytes above rsp within its mapping."""
+        rsp = int(task.regs.rsp) & ~7
+        windows: List[Tuple[int, int]] = []
+        unix = self._unix_side(task)
+        bounds = self._teb_stack(task)
+        if unix is not None:
+            windows = [(rsp, unix.frame), (unix.windows_rsp & ~7, unix.stack_base)]
+        elif bounds is not None and bounds[1] <= rsp < bounds[0]:
+            windows = [(rsp, bounds[0])]
+        else:
+            mapping = _procfs.find_mapping(maps, rsp)
+            if mapping is not None:
+                windows = [(rsp, mapping.end)]
+        return [(start, start + (min(end - start, STACK_WINDOW) & ~7)) for start, end in windows if end > start]
+
+    def _teb_stack(self, task: StoppedTask) -> Optional[Tuple[int, int]]:
+        """(StackBase, StackLimit) of the thread's Windows stack from its TEB (gs base), or None."""
+        teb = int(task.regs.gs_base)
+        if not teb:
+            return None
+        try:
+            base, limit = struct.unpack("<QQ", self.read(teb + TEB_STACK_BASE, 16))
+        except BackendError:
+            return None
+        return (int(base), int(limit)) if limit < base else None
 
     # -- gadgets and remote work ----------------------------------------------------------------------------------
 
@@ -350,11 +378,12 @@ class WineProcess:
         """Where a thread running Wine's Unix-side code keeps its Windows-side state, or None when the thread
         is on its Windows stack (or the layout is unknown)."""
         layout = self._layout()
-        teb = int(task.regs.gs_base)
-        if layout is None or not teb:
+        bounds = self._teb_stack(task)
+        if layout is None or bounds is None:
             return None
+        teb = int(task.regs.gs_base)
+        stack_base, stack_limit = bounds
         try:
-            stack_base, stack_limit = struct.unpack("<QQ", self.read(teb + TEB_STACK_BASE, 16))
             frame = struct.unpack("<Q", self.read(teb + layout.teb_syscall_frame, 8))[0]
             if not stack_base <= task.regs.rsp < frame or frame - task.regs.rsp > KERNEL_STACK_MAX:
                 return None
