@@ -146,6 +146,7 @@ def test_inspect_reports_facts_processes_and_journal(backend: FakeBackend, fx: F
     run("apply")
     code, result = run("inspect", package=None, module="APPCORE.DLL")
     assert code == 0 and result["facts"]["platform"] == "wine" and result["facts"]["kernel"]
+    assert result["facts"]["pending_reboot"] is False
     assert [p["pid"] for p in result["processes"]] == [proc.info.pid]
     assert result["processes"][0]["result"] == "loaded"
     (applied,) = result["applied"]

@@ -8,7 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["os_facts"]
 
@@ -27,8 +27,9 @@ def os_facts(platform_name: str) -> Dict[str, Any]:
     """Facts for the platform the backend drives ("windows" or "wine"), plus the engine's Python and host name.
 
     Windows: product_name, current_build, ubr (update build revision), edition_id, display_version from
-    HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion. Wine: wine_version (``wine64 --version``) and
-    kernel (Linux release). Missing values are None; this never raises.
+    HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion, and pending_reboot / pending_reboot_reasons from the
+    servicing, Windows Update and pending-rename registry entries. Wine: wine_version (``wine64 --version``),
+    kernel (Linux release), pending_reboot False. Missing values are None; this never raises.
     """
     facts: Dict[str, Any] = {
         "platform": platform_name,
@@ -38,8 +39,11 @@ def os_facts(platform_name: str) -> Dict[str, Any]:
     }
     if platform_name == "windows":
         facts.update(_windows())
-    else:
+        reasons = _pending_reboot_reasons()
+        facts.update({"pending_reboot": bool(reasons), "pending_reboot_reasons": reasons})
+    else:  # a Wine host never needs a Windows reboot: restarting the program is the cold path
         facts.update({"wine_version": _wine_version(), "kernel": platform.release(), "os": platform.system()})
+        facts.update({"pending_reboot": False, "pending_reboot_reasons": []})
     return facts
 
 
@@ -57,6 +61,29 @@ def _windows() -> Dict[str, Any]:
                 with contextlib.suppress(OSError):
                     values[fact] = winreg.QueryValueEx(key, name)[0]
     return values
+
+
+# Registry evidence of a pending reboot: (hive key, value name or None for "the key exists", reason).
+_PENDING_REBOOT = (
+    (r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending", None, "component servicing"),
+    (r"SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired", None, "Windows Update"),
+    (r"SYSTEM\CurrentControlSet\Control\Session Manager", "PendingFileRenameOperations", "pending file renames"),
+)
+
+
+def _pending_reboot_reasons() -> List[str]:
+    reasons: List[str] = []
+    if sys.platform == "win32":
+        import winreg
+
+        for path, value, reason in _PENDING_REBOOT:
+            try:
+                with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, path) as key:
+                    if value is None or winreg.QueryValueEx(key, value)[0]:
+                        reasons.append(reason)
+            except OSError:
+                continue
+    return reasons
 
 
 def _wine_version() -> Optional[str]:
