@@ -203,8 +203,9 @@ class Journal:
         if not os.path.isdir(self.dir):
             return
         for name in sorted(os.listdir(self.dir)):
-            if name.endswith(".json"):
-                yield self.load(os.path.join(self.dir, name))
+            path = os.path.join(self.dir, name)
+            if name.endswith(".json") and os.path.exists(path):  # a concurrent engine may have archived it
+                yield self.load(path)
 
     def load(self, path: str) -> Any:
         """Read one journal file; raises JournalError naming the file when it is not a journal we wrote."""
