@@ -203,9 +203,16 @@ class Journal:
         if not os.path.isdir(self.dir):
             return
         for name in sorted(os.listdir(self.dir)):
+            if not name.endswith(".json"):
+                continue
             path = os.path.join(self.dir, name)
-            if name.endswith(".json") and os.path.exists(path):  # a concurrent engine may have archived it
-                yield self.load(path)
+            try:
+                record = self.load(path)
+            except JournalError:
+                if not os.path.exists(path):  # archived meanwhile by an engine holding the lock
+                    continue
+                raise
+            yield record
 
     def load(self, path: str) -> Any:
         """Read one journal file; raises JournalError naming the file when it is not a journal we wrote."""
