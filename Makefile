@@ -40,7 +40,6 @@ ANSIBLE_TEST = $(CURDIR)/$(BIN)/ansible-test sanity --venv --color no
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(LINK_ROOT):$(DEPS_ROOT)
 export ANSIBLE_NOCOLOR ?= 1
-export ANSIBLE_DEPRECATION_WARNINGS ?= False
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WINEDEBUG ?= -all
 export WINEDLLOVERRIDES ?= mscoree,mshtml=
