@@ -1,0 +1,230 @@
+"""Benchmark the engine with the Wine backend: pause per process, and apply time across many processes.
+
+Builds bench DLLs with 1, 10 and 50 hotpatchable functions (mingw-w64 gcc, ms_hook_prologue entries, like the
+PE fixtures), their patched builds and packages (the real builder), and hosts them in the fixtures' driver.exe
+under Wine. Measures:
+- pause per process (µs, the engine's own ``pause_us``: all threads stopped -> resumed) for apply and rollback,
+  median and p99, with 1/10/50 patched functions and 2/16/64 threads busy calling them (``spin``);
+- apply time for 1/10/100 idle processes: wall time of the command line (``python -m hotpatch apply``, what an
+  action plugin runs, interpreter start included) and of the verb alone (in-process).
+
+    .venv/bin/python bench/bench_engine.py [--rounds 30] [--cycles 3]   # writes bench/results/engine.json
+
+Goals (issue 4): median pause under 0.5 ms for 10 functions and 16 threads; under 2 s for 100 processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import conftest  # noqa: E402,F401  (makes ansible_collections.rebootless.windows importable)
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import (  # noqa: E402
+    parse_request,
+)
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.verbs import execute  # noqa: E402
+from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import (  # noqa: E402
+    BuildRequest,
+    build,
+)
+from tests.fixtures.pe import build_all  # noqa: E402
+from tests.fixtures.wine import WineProcess, wine_prefix  # noqa: E402
+
+GCC = "x86_64-w64-mingw32-gcc"
+SRC = ROOT / "tests" / "fixtures" / "pe" / "src"
+ENGINE_ROOT = ROOT / "plugins" / "module_utils"
+FUNCTIONS = (1, 10, 50)
+THREADS = (2, 16, 64)
+PROCESSES = (1, 10, 100)
+
+
+def source(functions: int) -> str:
+    body = ['#include "hp.h"']
+    for i in range(functions):
+        body.append(f"EXPORT HOTPATCH long long f{i}(long long x) {{ return x * PICK(3, 7) + {i}; }}")
+    calls = " + ".join(f"f{i}(x)" for i in range(functions))
+    body.append(f"CASE_ENTRY {{ return {calls}; }}")
+    return "\n".join(body) + "\n"
+
+
+def build_pair(folder: Path, functions: int, driver: Path) -> tuple[Path, Path]:
+    """(base folder holding driver.exe + bench<N>.dll, package path)."""
+    name = f"bench{functions}"
+    src = folder / f"{name}.c"
+    src.write_text(source(functions))
+    dlls = {}
+    for which in ("base", "patched"):
+        out = folder / which
+        out.mkdir(exist_ok=True)
+        obj = out / f"{name}.o"
+        flags = ["-O2", "-std=gnu11", "-ffunction-sections", "-DHP_MS_HOOK", f"-I{SRC}"]
+        flags += ["-DPATCHED"] if which == "patched" else []
+        subprocess.run([GCC, *flags, "-c", str(src), "-o", str(obj)], check=True)
+        dll = out / f"{name}.dll"
+        subprocess.run([GCC, "-shared", "-O2", "-Wl,--disable-auto-image-base", "-o", str(dll), str(obj)], check=True)
+        shutil.copy(driver, out / "driver.exe")
+        dlls[which] = dll
+    package = folder / f"{name}.hpk"
+    result = build(BuildRequest(str(dlls["base"]), str(dlls["patched"]), name, "1.0.0"))
+    assert len(result.patched) >= functions, result.patched
+    package.write_bytes(result.package)
+    return dlls["base"].parent, package
+
+
+def request(verb: str, package: Path, state: Path, pids: list[int]) -> dict[str, Any]:
+    return {
+        "package": str(package),
+        "state_dir": str(state),
+        "backend": "wine",
+        "allow_unsigned": True,
+        "processes": {"pids": pids},
+    }
+
+
+def inproc(verb: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+    started = time.perf_counter()
+    code, result = execute(parse_request(verb, doc))
+    return code, result.to_dict(), time.perf_counter() - started
+
+
+def cli(verb: str, doc: dict[str, Any], folder: Path) -> tuple[int, dict[str, Any], float]:
+    path = folder / f"request-{verb}.json"
+    path.write_text(json.dumps(doc))
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "hotpatch", verb, "--request", str(path)],
+        cwd=ENGINE_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.returncode, json.loads(done.stdout), time.perf_counter() - started
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"median": statistics.median(ordered), "p99": p99, "max": ordered[-1], "n": len(ordered)}
+
+
+def bench_pause(pairs: dict[int, tuple[Path, Path]], prefix: Path, work: Path, rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    for functions, (folder, package) in pairs.items():
+        for threads in THREADS:
+            state = work / f"state-pause-{functions}-{threads}"
+            argv = [str(folder / "driver.exe"), f"bench{functions}.dll"]
+            with WineProcess.start(argv, prefix) as proc:
+                assert proc.request(f"spin {threads} case_entry 5").startswith("spinning")
+                apply_pauses, rollback_pauses = [], []
+                for _ in range(rounds):
+                    code, result, _ = inproc("apply", request("apply", package, state, [proc.linux_pid]))
+                    assert code == 0 and result["processes"][0]["result"] == "patched", result
+                    apply_pauses.append(result["processes"][0]["pause_us"])
+                    code, result, _ = inproc("rollback", request("rollback", package, state, [proc.linux_pid]))
+                    assert code == 0 and result["processes"][0]["result"] == "rolled_back", result
+                    rollback_pauses.append(result["processes"][0]["pause_us"])
+                stats = json.loads(proc.request("stats"))
+                assert stats["errors"] == 0, stats
+            row = {
+                "functions": functions,
+                "threads": threads,
+                "apply_pause_us": summary(apply_pauses),
+                "rollback_pause_us": summary(rollback_pauses),
+                "calls_during": stats["calls"],
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def bench_processes(folder: Path, package: Path, prefix: Path, work: Path, cycles: int) -> list[dict[str, Any]]:
+    rows = []
+    argv = [str(folder / "driver.exe"), "bench1.dll"]
+    for count in PROCESSES:
+        state = work / f"state-procs-{count}"
+        with ExitStack() as stack:
+            started = time.perf_counter()
+            procs = [stack.enter_context(WineProcess.start(argv, prefix)) for _ in range(count)]
+            start_s = time.perf_counter() - started
+            pids = [p.linux_pid for p in procs]
+            cli_apply, cli_rollback, verb_apply, verb_rollback = [], [], [], []
+            for _ in range(cycles):
+                code, result, seconds = cli("apply", request("apply", package, state, pids), work)
+                assert code == 0 and sum(p["result"] == "patched" for p in result["processes"]) == count, result
+                cli_apply.append(seconds)
+                code, result, seconds = cli("rollback", request("rollback", package, state, pids), work)
+                assert code == 0, result
+                cli_rollback.append(seconds)
+                code, result, seconds = inproc("apply", request("apply", package, state, pids))
+                assert code == 0, result
+                verb_apply.append(seconds)
+                code, result, seconds = inproc("rollback", request("rollback", package, state, pids))
+                assert code == 0, result
+                verb_rollback.append(seconds)
+        row = {
+            "processes": count,
+            "cli_apply_s": summary(cli_apply),
+            "cli_rollback_s": summary(cli_rollback),
+            "verb_apply_s": summary(verb_apply),
+            "verb_rollback_s": summary(verb_rollback),
+            "start_processes_s": round(start_s, 2),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30, help="apply+rollback cycles per pause configuration")
+    parser.add_argument("--cycles", type=int, default=3, help="apply+rollback cycles per process count")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
+    args = parser.parse_args()
+    prefix = wine_prefix()
+    driver = next(iter(build_all().values())).base.parent / "driver.exe"
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        work = Path(tmp)
+        pairs = {}
+        for n in FUNCTIONS:
+            (work / f"n{n}").mkdir()
+            pairs[n] = build_pair(work / f"n{n}", n, driver)
+        pause = bench_pause(pairs, prefix, work, args.rounds)
+        procs = bench_processes(*pairs[1], prefix, work, args.cycles)
+    wine = subprocess.run(["/usr/lib/wine/wine64", "--version"], capture_output=True, text=True, check=False)
+    result = {
+        "backend": "wine (real processes: fixtures' driver.exe hosting bench DLLs, ms_hook_prologue entries)",
+        "measured": "pause_us as the engine reports it; apply time per run, processes selected by PID",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "wine": wine.stdout.strip(),
+            "kernel": platform.release(),
+            "load_average_at_end": os.getloadavg(),
+        },
+        "rounds": args.rounds,
+        "cycles": args.cycles,
+        "pause": pause,
+        "processes": procs,
+        "goals": {"median_pause_10_functions_16_threads_us": 500, "apply_100_processes_s": 2.0},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
