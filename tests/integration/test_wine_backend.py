@@ -255,6 +255,21 @@ def test_modules_have_the_header_page_as_base_and_size_of_image(handle: WineProc
     assert hp.path.endswith("/hp.dll")
 
 
+def test_a_module_replaced_on_disk_keeps_its_name(build: Path, prefix: Path, tmp_path: Path) -> None:
+    for name in ("hp.dll", EXE_NAME):
+        shutil.copy(build / name, tmp_path / name)
+    t = Target(tmp_path, 1)
+    try:
+        (tmp_path / "hp.new").write_bytes((tmp_path / "hp.dll").read_bytes())
+        os.replace(tmp_path / "hp.new", tmp_path / "hp.dll")  # the cold path's way: a new file under the old name
+        with WineBackend().open(t.pid) as handle:
+            hp = next(m for m in handle.modules() if m.name == "hp.dll")
+            assert hp.path == str(tmp_path / "hp.dll")
+            assert handle.read(hp.base, 2) == b"MZ"
+    finally:
+        t.stop()
+
+
 def test_read_of_unmapped_memory_is_a_backend_error(handle: WineProcess) -> None:
     with pytest.raises(BackendError, match="unmapped"):
         handle.read(0x10, 8)

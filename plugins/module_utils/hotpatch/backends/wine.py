@@ -51,6 +51,7 @@ TEB_STACK_BASE = 0x08
 KERNEL_STACK_MAX = 0x400000
 FRAME_HEADER = 0xC0  # registers before the XSAVE area of Wine's syscall frame
 NESTED_STACK = 0x40000  # Unix-side stack left below a fresh frame for a nested NT system call
+_DELETED = " (deleted)"  # what /proc/PID/maps appends to a file removed or replaced since it was mapped
 _WINE_PE_DIR = "-windows/"  # Wine's own PE DLLs live in .../wine/x86_64-windows/
 
 
@@ -188,7 +189,8 @@ class WineProcess:
     def modules(self) -> List[ModuleInfo]:
         """PE modules: every file mapping at file offset 0 whose first bytes are "MZ" and carry a PE header.
         ``base`` is that mapping's start (Wine shows the path only on the header page), ``size`` the
-        SizeOfImage read from the header in memory."""
+        SizeOfImage read from the header in memory. The path is the file's name now: " (deleted)" is dropped
+        when the file was replaced on disk, and a file renamed since it was loaded shows its new name."""
         out: List[ModuleInfo] = []
         seen = set()
         for mapping in self._maps():
@@ -208,7 +210,8 @@ class WineProcess:
                 continue
             size = struct.unpack_from("<I", nt, 24 + 56)[0]  # OptionalHeader.SizeOfImage (PE32 and PE32+)
             seen.add(mapping.start)
-            out.append(ModuleInfo(_pe_name(mapping.path), mapping.path, mapping.start, size))
+            path = mapping.path[: -len(_DELETED)] if mapping.path.endswith(_DELETED) else mapping.path
+            out.append(ModuleInfo(_pe_name(path), path, mapping.start, size))
         return out
 
     def read(self, address: int, size: int) -> bytes:
