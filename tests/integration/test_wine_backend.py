@@ -270,6 +270,19 @@ def test_a_module_replaced_on_disk_keeps_its_name(build: Path, prefix: Path, tmp
         t.stop()
 
 
+def test_a_process_whose_exe_is_not_x64_is_refused_with_the_reason(target: Target, handle: WineProcess) -> None:
+    exe_base, _ = _module(handle, EXE_NAME.lower())
+    machine_at = exe_base + struct.unpack("<I", handle.read(exe_base + 0x3C, 4))[0] + 4
+    original = handle.read(machine_at, 2)
+    handle.write(machine_at, struct.pack("<H", 0x014C))  # what a WOW64 (i386) exe's header says
+    try:
+        reason = handle.refusal()
+    finally:
+        handle.write(machine_at, original)
+    assert reason is not None and "0x014c" in reason and "WOW64" in reason
+    assert handle.refusal() is None
+
+
 def test_read_of_unmapped_memory_is_a_backend_error(handle: WineProcess) -> None:
     with pytest.raises(BackendError, match="unmapped"):
         handle.read(0x10, 8)
