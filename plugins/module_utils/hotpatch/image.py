@@ -12,7 +12,7 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .errors import ImageError
 from .package import ImagePin
@@ -116,14 +116,14 @@ def pin_matches(pin: ImagePin, fields: HeaderFields) -> Optional[str]:
 PARSED_DIRECTORIES = (0, 1, 5, 6, 9, 13)
 
 
-def load_pe(data: bytes, what: str = "image") -> pefile.PE:
-    """Parse ``data`` with pefile (headers, sections and PARSED_DIRECTORIES); raises ImageError when pefile
-    cannot make sense of it."""
+def load_pe(data: bytes, what: str = "image", directories: Sequence[int] = PARSED_DIRECTORIES) -> pefile.PE:
+    """Parse ``data`` with pefile (headers, sections and the data ``directories``, by index); raises ImageError
+    when pefile cannot make sense of it."""
     if pefile is None:  # pragma: no cover
         raise ImageError("the Python package pefile is not installed: install it in the engine's runtime")
     try:
         pe = pefile.PE(data=data, fast_load=True)
-        pe.parse_data_directories(directories=list(PARSED_DIRECTORIES))
+        pe.parse_data_directories(directories=list(directories))
         return pe
     except pefile.PEFormatError as exc:
         raise ImageError(f"{what} is not a PE image pefile understands: {exc.value}") from exc

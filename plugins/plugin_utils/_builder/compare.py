@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import iced_x86
 
@@ -25,10 +26,11 @@ _DIRECT_FLOW = frozenset(
 )
 _INDIRECT = iced_x86.FlowControl.INDIRECT_BRANCH
 _EXCEPTION = iced_x86.FlowControl.EXCEPTION
+_CONDITIONAL = iced_x86.FlowControl.CONDITIONAL_BRANCH
+_CMP = iced_x86.Mnemonic.CMP
 
 
-@dataclass(frozen=True)
-class JumpTable:
+class JumpTable(NamedTuple):
     """A table of int32 offsets relative to its own start (gcc and clang switch tables): ``rva`` in the image,
     ``entries`` as function-relative offsets of the case labels."""
 
@@ -36,8 +38,7 @@ class JumpTable:
     entries: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """One field of a body that names something outside it (or, for abs64, anything at all).
 
     ``offset``: the field's offset in the body (bytes); ``size``: 1, 4 or 8; ``kind``: "rel" (displacement to
@@ -87,7 +88,10 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
     inline_tables: dict[int, int] = {}  # function-relative start -> end of jump tables inside the body
     starts: list[int] = []  # instruction starts, kept only when base relocations point into the body
     candidates: list[int] = []  # references that lea an anonymous constant
+    compares: list[tuple[int, int]] = []  # (ip, imm) of `cmp reg, imm` right before a jcc: switch bounds
+    prev: iced_x86.Instruction | None = None
     for instr in decoder:  # hot loop: touch as few instruction properties as possible
+        before, prev = prev, instr
         flow = instr.flow_control
         if inline_tables and instr.ip - begin in inline_tables:  # table data: move the decoder past it
             skip = inline_tables[instr.ip - begin]
@@ -97,6 +101,8 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
         if relocs:
             starts.append(instr.ip)
         if flow in _DIRECT_FLOW:
+            if flow == _CONDITIONAL and before is not None and _is_cmp_imm(before):
+                compares.append((before.ip, before.immediate(1)))
             if instr.op0_kind not in _BRANCH_KINDS:
                 continue
             target_rva = instr.near_branch_target
@@ -109,8 +115,8 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
             if begin <= target_rva < end:
                 # inside the function: position-independent; a jump table there is data, not code
                 if target_rva > instr.ip and instr.mnemonic == iced_x86.Mnemonic.LEA:
-                    previous = [imm for ip, imm in _compares(code, begin) if ip < instr.ip]
-                    table = _jump_table(image, target_rva, begin, end, previous[-1] if previous else None)
+                    bound = compares[-1][1] if compares else None
+                    table = _jump_table(image, target_rva, begin, end, bound)
                     if table is not None:
                         inline_tables[target_rva - begin] = target_rva - begin + 4 * len(table.entries)
                 continue
@@ -151,7 +157,6 @@ def decode_body(image: Image, symbol: Symbol) -> Body:
         normal[ref.offset : ref.offset + 8] = bytes(8)
         tokens.append(_token(image, ref, begin))
     if has_indirect_jump and candidates:  # a lea of a table-shaped constant only makes a jump table then
-        compares = _compares(code, begin)
         for index in candidates:
             ref = references[index]
             found = bisect.bisect_left(compares, (begin + ref.instr_at, -1)) - 1
@@ -172,8 +177,17 @@ def same_body(old: Body, new: Body) -> bool:
 
 def _token(image: Image, ref: Reference, begin: int) -> str:
     target = ref.target
-    if ref.table is not None:
-        return "jt:" + ",".join(str(e) for e in ref.table.entries)
+    if ref.table is None:  # by identity: Image.describe hands out one Target object per address
+        found = image.tokens.get(id(target))
+        if found is not None and found[0] is target:
+            return found[1]
+        token = _target_token(image, target)
+        image.tokens[id(target)] = (target, token)
+        return token
+    return "jt:" + ",".join(str(e) for e in ref.table.entries)
+
+
+def _target_token(image: Image, target: Target) -> str:
     if target.kind == "import":
         return f"imp:{target.name}"
     if target.kind in ("function", "data", "self"):
@@ -203,13 +217,8 @@ def _jump_table(image: Image, rva: int, begin: int, end: int, count_hint: int | 
     return JumpTable(rva, tuple(entries))
 
 
-def _compares(code: bytes, begin: int) -> list[tuple[int, int]]:
-    """(ip, immediate) of every ``cmp reg, imm`` in the body, in order: a switch's bound (entries = imm + 1)."""
-    found: list[tuple[int, int]] = []
-    for instr in iced_x86.Decoder(64, code, ip=begin):
-        if instr.mnemonic == iced_x86.Mnemonic.CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind):
-            found.append((instr.ip, instr.immediate(1)))
-    return found
+def _is_cmp_imm(instr: iced_x86.Instruction) -> bool:
+    return bool(instr.mnemonic == _CMP and instr.op_count == 2 and _is_immediate(instr.op1_kind))
 
 
 def _is_immediate(kind: int) -> bool:

@@ -11,6 +11,7 @@ import bisect
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pefile
 
@@ -28,6 +29,9 @@ _SCN_CODE = 0x00000020
 _RELOC_ABSOLUTE = 0
 RELOC_DIR64 = 10  # IMAGE_REL_BASED_DIR64
 _MAX_STRING = 4096
+# pefile parses these (import, base relocation, debug, TLS, delay import); exports are read by _exports, which is
+# several times faster on images with thousands of them.
+_DIRECTORIES = (1, 5, 6, 9, 13)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,7 @@ class Symbol:
         return self.rva + self.size
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """What an address in an image names, independent of where the linker put it.
 
     ``kind``: "import" (``name`` = "dll!function", dll lower-cased), "function", "data" (named object,
@@ -107,6 +110,7 @@ class Image:
     _section_starts: list[int] = field(default_factory=list, repr=False)
     _described: dict[tuple[int, int], Target] = field(default_factory=dict, repr=False)
     _contents: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
+    tokens: dict[int, tuple[Target, str]] = field(default_factory=dict, repr=False)  # compare's memo, by id
 
     def __post_init__(self) -> None:
         primary: dict[int, Symbol] = {}
@@ -231,7 +235,7 @@ def load_image(path: str, map_path: str | None = None, name: str | None = None) 
     except OSError as exc:
         raise ImageError(f"cannot read module {path}: {exc.strerror}") from exc
     module = name or os.path.basename(path)
-    pe = load_pe(data, module)
+    pe = load_pe(data, module, _DIRECTORIES)
     try:
         return _build(path, module, data, pe, map_path)
     except (pefile.PEFormatError, struct.error, ValueError, IndexError, AttributeError, TypeError) as exc:
@@ -254,7 +258,7 @@ def _build(path: str, module: str, data: bytes, pe: pefile.PE, map_path: str | N
     functions = function_ranges(pe)
     imports, slots = _imports(pe, pin.image_base)
     relocations = _relocations(pe)
-    raw_names, source = _names(pe, data, sections, map_path, pin.image_base)
+    raw_names, source = _names(pe, data, memory, sections, map_path, pin.image_base)
     symbols = _symbols(raw_names, sections, functions)
     return Image(path, module, data, pe, pin, memory, sections, symbols, functions, imports, slots, relocations, source)
 
@@ -270,6 +274,29 @@ def _map(pe: pefile.PE, data: bytes, size_of_image: int) -> bytes:
         size = max(0, min(size, len(data) - start, size_of_image - section.VirtualAddress))
         memory[section.VirtualAddress : section.VirtualAddress + size] = data[start : start + size]
     return bytes(memory)
+
+
+def _exports(pe: pefile.PE, memory: bytes) -> list[tuple[str, int]]:
+    """(name, RVA) of every named export that is not a forwarder (PE/COFF spec, "The .edata Section")."""
+    directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[0]
+    start, size = directory.VirtualAddress, directory.Size
+    if not start or start + 40 > len(memory):
+        return []
+    count_functions, count_names, functions, names, ordinals = struct.unpack_from("<IIIII", memory, start + 20)
+    if max(functions + 4 * count_functions, names + 4 * count_names, ordinals + 2 * count_names) > len(memory):
+        raise ImageError(f"export directory at RVA 0x{start:x} points past SizeOfImage")
+    found: list[tuple[str, int]] = []
+    for index in range(count_names):
+        (name_rva,) = struct.unpack_from("<I", memory, names + 4 * index)
+        (ordinal,) = struct.unpack_from("<H", memory, ordinals + 2 * index)
+        if ordinal >= count_functions or name_rva >= len(memory):
+            continue
+        (rva,) = struct.unpack_from("<I", memory, functions + 4 * ordinal)
+        if start <= rva < start + size:
+            continue  # a forwarder ("OTHER.dll.Name"), not code in this image
+        end = memory.find(b"\0", name_rva, name_rva + 4096)
+        found.append((memory[name_rva : end if end >= 0 else name_rva].decode("ascii", "replace"), rva))
+    return found
 
 
 def _imports(pe: pefile.PE, image_base: int) -> tuple[dict[int, str], dict[str, int]]:
@@ -297,7 +324,7 @@ def _relocations(pe: pefile.PE) -> dict[int, int]:
 
 
 def _names(
-    pe: pefile.PE, data: bytes, sections: list[Section], map_path: str | None, image_base: int
+    pe: pefile.PE, data: bytes, memory: bytes, sections: list[Section], map_path: str | None, image_base: int
 ) -> tuple[list[tuple[str, int, str]], str]:
     """(name, rva, source file) triples, best source first; and a word saying where names came from. A source
     starting with NUL marks a COFF symbol whose type is not function (data placed in code, e.g. __CTOR_LIST__);
@@ -323,11 +350,9 @@ def _names(
     if map_path:
         names.extend((name, rva, "") for name, rva in sorted(read_map(map_path, image_base).items()))
         sources.append("map file")
-    exports = getattr(pe, "DIRECTORY_ENTRY_EXPORT", None)
-    if exports is not None:
-        for export in exports.symbols:
-            if export.name and not export.forwarder:
-                names.append((export.name.decode("ascii", "replace"), export.address, ""))
+    exports = _exports(pe, memory)
+    if exports:
+        names.extend((name, rva, "") for name, rva in exports)
         sources.append("exports")
     names.extend(contributions)  # last: a real name at the same address is preferred
     return names, " + ".join(sources) or "none"
