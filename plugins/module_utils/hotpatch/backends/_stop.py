@@ -18,7 +18,7 @@ from ..errors import BackendError
 from . import _ptrace
 from ._procfs import task_ids, tracer_pid
 
-__all__ = ["StoppedProcess", "StoppedTask", "stop_all"]
+__all__ = ["StoppedProcess", "StoppedTask", "detach_lingering", "stop_all"]
 
 STOP_TIMEOUT_NS = 2_000_000_000
 
@@ -62,7 +62,10 @@ class StoppedProcess:
             task = self.tasks.get(tid)
             if task is None:  # seized but never seen stopped (error path): it must stop before it can detach
                 result = _ptrace.wait_stop(tid, time.monotonic_ns() + 200_000_000)
-                if result is None or result.gone:
+                if result is None:
+                    _LINGERING.add(tid)  # still in uninterruptible sleep: detached by the next stop or release
+                    continue
+                if result.gone:
                     continue
                 sig = result.sig if result.signal_delivery else 0
             else:
@@ -74,6 +77,7 @@ class StoppedProcess:
                     failures.append(f"thread {tid}: {exc}")
         pause_us = (time.monotonic_ns() - self.started_ns) // 1000 if self.started_ns else 0
         _restore_scheduling(self.scheduling)
+        detach_lingering()
         for tid, sig in self.resend:
             with contextlib.suppress(OSError):  # the thread is gone: nobody left to receive it
                 _ptrace.tgkill(self.pid, tid, sig)
@@ -83,6 +87,23 @@ class StoppedProcess:
                 f"could not detach from process {self.pid} ({'; '.join(failures)}); the engine's exit detaches them"
             )
         return pause_us
+
+
+# Tasks we seized that had not stopped when we gave up on them (stuck in "D"): a seized task stops as soon as it
+# can, and would then stay stopped until this process exits; every later stop or release detaches them.
+_LINGERING: Set[int] = set()
+
+
+def detach_lingering() -> None:
+    """Detach every lingering task that has reached its stop (or is gone) by now."""
+    for tid in sorted(_LINGERING):
+        result = _ptrace.wait_stop(tid, 0, block=False)
+        if result is None:
+            continue
+        _LINGERING.discard(tid)
+        if not result.gone:
+            with contextlib.suppress(OSError):
+                _ptrace.detach(tid, result.sig if result.signal_delivery else 0)
 
 
 def _realtime() -> Optional[Tuple[int, int]]:
@@ -150,6 +171,7 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> Sto
     only be created by a running one, so an empty round means all are stopped). With ``limit``, stop only until
     that many tasks not holding a signal are stopped (enough to borrow one for a system call; the rest run on).
     Raises BackendError (gone, EPERM, timeout) with every task already released."""
+    detach_lingering()
     sp = StoppedProcess(pid)
     deadline = time.monotonic_ns() + timeout_ns
     sp.scheduling = _realtime()
