@@ -77,6 +77,14 @@ def build(request: BuildRequest) -> BuildResult:
     selection = select(base, patched, pairs)
     blob = relocate(base, patched, selection)
     refusals = selection.refusals + blob.refusals
+    if not refusals and not selection.entries and (selection.new or selection.changed):
+        refusals.append(
+            Refusal(
+                base.name,
+                "the patch adds or changes only code no existing function entry leads to (new functions, "
+                "out-of-line parts), so there is nothing to redirect in running processes; use the cold path",
+            )
+        )
     if refusals and not request.cold_only_ok:
         raise BuildRefused(refusals)
     manifest, members = make_manifest(

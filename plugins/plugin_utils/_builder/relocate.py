@@ -188,7 +188,10 @@ class _Relocator:
                 )
                 continue
             at = offset + reloc - rva
-            bound = self._bind(self.patched.describe(self.patched.pointer(reloc)), f"constant at RVA 0x{rva:x}")
+            target = self.patched.describe(self.patched.pointer(reloc))
+            bound = self._bind(target, f"constant at RVA 0x{rva:x}")
+            if target.kind == "function" and target.name in self.new_names:
+                self.blob.address_taken.add(target.name)  # e.g. a new function in a carried table of pointers
             if bound is not None:
                 self._write(at, "<Q", 0)
                 self.blob.relocations.append(Relocation(at, "abs64", bound[0], bound[1], 0, bound[2]))
