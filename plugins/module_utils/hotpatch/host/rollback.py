@@ -19,8 +19,13 @@ __all__ = ["RollbackTransaction", "restore_originals", "write_ranges", "write_st
 
 
 def write_ranges(writes: Sequence[JournalWrite]) -> List[Range]:
-    """[start, end) of every journaled write: no thread may stand there while it changes."""
-    return [(w.address, w.address + len(w.original) // 2, f"the {w.part} jump of {w.function}") for w in writes]
+    """[start, end) where no thread may stand while the journaled writes are undone: the whole padding jump,
+    and the entry bytes after the first (a thread exactly at the entry decodes afresh on resume)."""
+    ranges: List[Range] = []
+    for w in writes:
+        start = w.address + 1 if w.part == "entry" else w.address
+        ranges.append((start, w.address + len(w.original) // 2, f"the {w.part} jump of {w.function}"))
+    return ranges
 
 
 def write_states(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List[str]:

@@ -37,11 +37,14 @@ class Options:
 
 
 def jump_ranges(package: Package, module_base: int) -> List[Range]:
-    """[start, end) of every byte the switch writes: the padding's last 5 bytes and the entry's first 2."""
-    ranges = []
+    """Where no stopped thread may stand while the switch writes: the padding's last 5 bytes and the second
+    entry byte. A thread exactly AT the entry is safe: it has not fetched the instruction there yet, and on
+    resume decodes whichever two bytes it finds (the old first instruction or the new short jump)."""
+    ranges: List[Range] = []
     for function in package.manifest.functions:
         entry = module_base + function.base_rva
-        ranges.append((entry - LONG_JUMP_SIZE, entry + SHORT_JUMP_SIZE, f"the jump bytes of {function.name}"))
+        ranges.append((entry - LONG_JUMP_SIZE, entry, f"the padding jump of {function.name}"))
+        ranges.append((entry + 1, entry + SHORT_JUMP_SIZE, f"the entry bytes of {function.name}"))
     return ranges
 
 
