@@ -53,7 +53,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = super().run(tmp, task_vars or {})
-        _, args = self.validate_argument_spec(argument_spec=self._SPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=self._SPEC)
         request = BuildRequest(
             base=args["base"],
             patched=args["patched"],

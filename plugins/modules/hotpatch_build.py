@@ -1,4 +1,8 @@
-# Documentation only: the action plugin of the same name does the work on the controller.
+#!/usr/bin/python
+# Copyright: rebootless.windows contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# Documentation only: the action plugin plugins/action/hotpatch_build.py does the work on the controller.
+
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -21,7 +25,7 @@ description:
   - Runs on the controller only; use it in a play on C(localhost). The same builder is available from the command
     line as C(scripts/hotpatch-build) (see docs/builder.md).
 author:
-  - rebootless.windows maintainers
+  - rebootless.windows maintainers (@rebootless-windows)
 options:
   base:
     description: Path of the module as deployed (the base image the package will be pinned to).
@@ -64,13 +68,15 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Builds the package in memory and reports whether O(dest) would change, without writing it.
     support: full
-    details: Builds the package in memory and reports whether O(dest) would change, without writing it.
   diff_mode:
+    description: Shows the SHA-256 of O(dest) before and after.
     support: full
-    details: Shows the SHA-256 of O(dest) before and after.
   platform:
+    description: Runs on the controller (Linux or macOS), whatever host the task targets.
     platforms: posix
+    support: full
 notes:
   - The action runs on the controller whatever host the task targets.
   - Signing is a separate step; the package this module writes is unsigned.

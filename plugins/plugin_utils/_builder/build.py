@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ...module_utils.hotpatch.package import Manifest, Refusal
 from .correlate import correlate
+from .deps import require
 from .emit import emit, make_manifest
 from .model import load_image
 from .relocate import relocate
@@ -71,6 +72,7 @@ def build(request: BuildRequest) -> BuildResult:
     """Build the package in memory (write ``result.package`` where you want it). Raises ImageError when an
     input is not a PE image the builder understands and BuildRefused when refusals exist and
     ``request.cold_only_ok`` is false."""
+    require()
     base = load_image(request.base, request.base_map, request.module_name)
     patched = load_image(request.patched, request.patched_map, request.module_name or base.name)
     pairs = correlate(base, patched)

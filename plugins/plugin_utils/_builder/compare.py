@@ -13,21 +13,21 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import iced_x86
-
+from .deps import iced_x86
 from .model import RELOC_DIR64, Image, Symbol, Target
 
 __all__ = ["Body", "JumpTable", "Reference", "decode_body", "same_body"]
 
-_BRANCH_KINDS = (iced_x86.OpKind.NEAR_BRANCH16, iced_x86.OpKind.NEAR_BRANCH32, iced_x86.OpKind.NEAR_BRANCH64)
 _MAX_TABLE = 4096
-_DIRECT_FLOW = frozenset(
-    (iced_x86.FlowControl.CALL, iced_x86.FlowControl.UNCONDITIONAL_BRANCH, iced_x86.FlowControl.CONDITIONAL_BRANCH)
-)
-_INDIRECT = iced_x86.FlowControl.INDIRECT_BRANCH
-_EXCEPTION = iced_x86.FlowControl.EXCEPTION
-_CONDITIONAL = iced_x86.FlowControl.CONDITIONAL_BRANCH
-_CMP = iced_x86.Mnemonic.CMP
+if iced_x86 is not None:
+    _BRANCH_KINDS = (iced_x86.OpKind.NEAR_BRANCH16, iced_x86.OpKind.NEAR_BRANCH32, iced_x86.OpKind.NEAR_BRANCH64)
+    _DIRECT_FLOW = frozenset(
+        (iced_x86.FlowControl.CALL, iced_x86.FlowControl.UNCONDITIONAL_BRANCH, iced_x86.FlowControl.CONDITIONAL_BRANCH)
+    )
+    _INDIRECT = iced_x86.FlowControl.INDIRECT_BRANCH
+    _EXCEPTION = iced_x86.FlowControl.EXCEPTION
+    _CONDITIONAL = iced_x86.FlowControl.CONDITIONAL_BRANCH
+    _CMP = iced_x86.Mnemonic.CMP
 
 
 class JumpTable(NamedTuple):

@@ -13,12 +13,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import pefile
-
 from ...module_utils.hotpatch.errors import ImageError
 from ...module_utils.hotpatch.image import FunctionRange, function_ranges, load_pe, pin_from_bytes
 from ...module_utils.hotpatch.package import ImagePin
 from .coff import read_coff_symbols
+from .deps import pefile
 from .mapfile import read_map
 
 __all__ = ["RELOC_DIR64", "Image", "Section", "Symbol", "Target", "load_image"]

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import iced_x86
-
 from ...module_utils.hotpatch.package import LONG_JUMP_SIZE, PADDING_BYTES, SHORT_JUMP_SIZE, Refusal
 from .compare import Body, decode_body, same_body
 from .correlate import Correlation
+from .deps import iced_x86
 from .model import Image, Symbol
 
 __all__ = ["Entry", "Selection", "check_entry", "compare", "select"]
-
-_NOPS = (iced_x86.Mnemonic.NOP,)
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ def check_entry(base: Image, function: Symbol) -> tuple[Entry | None, str]:
     if first is None or first.code == iced_x86.Code.INVALID:
         return None, f"{function.name}: entry at RVA 0x{rva:x} does not decode as an instruction; use the cold path"
     text = f"{first}"
-    if first.len < SHORT_JUMP_SIZE and not all(i.mnemonic in _NOPS for i in covered):
+    if first.len < SHORT_JUMP_SIZE and not all(i.mnemonic == iced_x86.Mnemonic.NOP for i in covered):
         return None, (
             f"{function.name}: entry at RVA 0x{rva:x} has a {first.len}-byte first instruction ({text}), so the "
             "2-byte jump would split it; it has no hotpatchable entry: rebuild with a hotpatchable entry "

@@ -179,7 +179,7 @@ def _gcc_lsda(image: Image, record: UnwindRecord, at: int) -> None:
         cs_end = reader.pos + cs_len
         actions: list[int] = []
         while reader.pos < cs_end:
-            for _ in range(3):
+            for _field in range(3):
                 reader.encoded(cs_enc)
             action = reader.uleb()
             if action:
@@ -188,7 +188,7 @@ def _gcc_lsda(image: Image, record: UnwindRecord, at: int) -> None:
         filters: set[int] = set()
         for action in actions:
             pos = cs_end + action - 1
-            for _ in range(256):
+            for _hop in range(256):
                 reader.pos = pos
                 type_filter = reader.sleb()
                 next_at = reader.pos
