@@ -8,6 +8,7 @@ addresses (two file-local statics) is qualified as ``name@source.c``.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class Image:
     _described: dict[tuple[int, int], Target] = field(default_factory=dict, repr=False)
     _contents: dict[tuple[int, int], str] = field(default_factory=dict, repr=False)
     tokens: dict[int, tuple[Target, str]] = field(default_factory=dict, repr=False)  # compare's memo, by id
+    _digests: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         primary: dict[int, Symbol] = {}
@@ -211,6 +213,15 @@ class Image:
             raw[max(at, 0) : at + 8] = b"\0" * (min(at + 8, size) - max(at, 0))
         return raw.hex() + "".join(names)
 
+    def symbol_digest(self, name: str) -> str:
+        """SHA-256 (hex) of a named object's normalised contents (see ``contents``): equal across two builds
+        exactly when the object holds the same bytes and points at the same things."""
+        found = self._digests.get(name)
+        if found is None:
+            symbol = self.symbols[name]
+            found = self._digests[name] = hashlib.sha256(self.contents(symbol.rva, symbol.size).encode()).hexdigest()
+        return found
+
     def constant_size(self, rva: int, size_hint: int, section: Section) -> int:
         """Length of an anonymous read-only constant: a printable NUL-terminated string (NUL included) when it
         looks like one, else ``size_hint`` or 16 bytes, never past the section's end or the next symbol."""
@@ -258,7 +269,7 @@ def _build(path: str, module: str, data: bytes, pe: pefile.PE, map_path: str | N
     imports, slots = _imports(pe, pin.image_base)
     relocations = _relocations(pe)
     raw_names, source = _names(pe, data, memory, sections, map_path, pin.image_base)
-    symbols = _symbols(raw_names, sections, functions)
+    symbols = _symbols(raw_names, sections, functions, _boundaries(pe))
     return Image(path, module, data, pe, pin, memory, sections, symbols, functions, imports, slots, relocations, source)
 
 
@@ -358,9 +369,10 @@ def _names(
 
 
 def _symbols(
-    raw: list[tuple[str, int, str]], sections: list[Section], functions: list[FunctionRange]
+    raw: list[tuple[str, int, str]], sections: list[Section], functions: list[FunctionRange], boundaries: list[int]
 ) -> dict[str, Symbol]:
-    """One Symbol per name; the first name seen for an address wins, later aliases of it are kept too."""
+    """One Symbol per name; the first name seen for an address wins, later aliases of it are kept too. A symbol
+    without a known size ends at the next symbol, function or ``boundaries`` entry (linker-made structures)."""
     addresses: dict[str, set[int]] = {}
     for name, rva, _source in raw:
         addresses.setdefault(name, set()).add(rva)
@@ -385,6 +397,10 @@ def _symbols(
         section = _section_of(by_start, section_starts, begin)
         if section is not None:
             starts_by_section.setdefault(section.name + hex(section.rva), []).append(begin)
+    for rva in boundaries:
+        section = _section_of(by_start, section_starts, rva)
+        if section is not None:
+            starts_by_section.setdefault(section.name + hex(section.rva), []).append(rva)
     for starts in starts_by_section.values():
         starts.sort()
     symbols: dict[str, Symbol] = {}
@@ -401,6 +417,19 @@ def _symbols(
         symbols[name] = Symbol(name, rva, size, section, code, bool(length))
     _name_anonymous(symbols, sections, functions)
     return symbols
+
+
+def _boundaries(pe: pefile.PE) -> list[int]:
+    """Starts and ends of what the linker put among the data: every data directory (imports, exports, debug
+    directory, load config, ...) and each debug record (the CodeView record holds a per-build GUID)."""
+    found: list[int] = []
+    for directory in pe.OPTIONAL_HEADER.DATA_DIRECTORY:
+        if directory.VirtualAddress:
+            found += [directory.VirtualAddress, directory.VirtualAddress + directory.Size]
+    for entry in getattr(pe, "DIRECTORY_ENTRY_DEBUG", None) or []:
+        if entry.struct.AddressOfRawData:
+            found += [entry.struct.AddressOfRawData, entry.struct.AddressOfRawData + entry.struct.SizeOfData]
+    return found
 
 
 def _section_of(by_start: list[Section], starts: list[int], rva: int) -> Section | None:

@@ -151,11 +151,15 @@ class _Relocator:
             return "base", slot, name
         if kind == "data":
             old = self.base.symbols.get(name)
-            if old is not None and not old.function:
-                return "base", old.rva + offset, label
             symbol = self.patched.symbols[name]
+            same = target.writable or (
+                old is not None and self.base.symbol_digest(name) == self.patched.symbol_digest(name)
+            )
+            if old is not None and not old.function and same:
+                return "base", old.rva + offset, label
             if target.writable:
                 return self._refuse(user, f"uses new writable data {name}, which running processes do not have")
+            # new or changed read-only data: the patch carries its own copy
             return "blob", self._carry(symbol.rva, symbol.size) + offset, label
         if kind == "const":
             return "blob", self._carry(target.rva, target.size), f"constant at patched RVA 0x{target.rva:x}"
