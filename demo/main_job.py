@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import conftest  # noqa: F401 - makes the ansible_collections.rebootless.windows link and import path
+import conftest  # makes the ansible_collections.rebootless.windows link and puts it on sys.path
 from ansible_collections.rebootless.windows.plugins.action.hotpatch_report import attach_loadgen, write_reports
 from demo.build import build as build_demo
 from demo.loadgen import LoadGen, LoadResult, targets_from_inventory
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 DEMO_DIR = Path(__file__).resolve().parent
-REPO_ROOT = DEMO_DIR.parent
+REPO_ROOT = conftest.ROOT
 PLAYBOOK = REPO_ROOT / "playbooks" / "hotpatch.yml"
 POLICY = DEMO_DIR / "policy" / "inventory.yml"
 PACKAGE_ID = "appcore-cve-fix"
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     extra: dict[str, Any] = {}
     for item in args.extra_var:
-        key, _, value = item.partition("=")
+        key, _sep, value = item.partition("=")
         try:
             extra[key] = json.loads(value)
         except ValueError:

@@ -134,7 +134,7 @@ def _phases(marks: list[dict[str, str]]) -> dict[str, float]:
     """Seconds per phase from ordered marks [{phase, at}] (the last mark is 'end'); repeated phases add up."""
     out: dict[str, float] = {}
     times = [(m.get("phase", ""), _parse_time(m.get("at"))) for m in marks]
-    for (phase, start), (_, end) in itertools.pairwise(times):
+    for (phase, start), (_next_phase, end) in itertools.pairwise(times):
         if start and end and phase != "end":
             out[phase] = round(out.get(phase, 0.0) + max(0.0, (end - start).total_seconds()), 3)
     return out
@@ -433,7 +433,7 @@ def _svg_timeline(report: Mapping[str, Any]) -> str:
             f'<text x="4" y="{y + 13}" fill="{colour}">{html.escape(host["host"])} · {html.escape(host["result"])}</text>'
         )
         marks = [(m.get("phase", ""), _parse_time(m.get("at"))) for m in host["marks"]]
-        for (phase, start), (_, end) in itertools.pairwise(marks):
+        for (phase, start), (_next_phase, end) in itertools.pairwise(marks):
             if not start or not end or phase == "end":
                 continue
             x0, x1 = x(start), x(end)
@@ -478,7 +478,8 @@ def _svg_timeline(report: Mapping[str, Any]) -> str:
             if coords:
                 colour = RESULT_COLOURS.get(group, "#333")
                 parts.append(
-                    f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(coords)}"><title>{html.escape(group)} hosts p99</title></polyline>'
+                    f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{" ".join(coords)}">'
+                    f"<title>{html.escape(group)} hosts p99</title></polyline>"
                 )
     parts.append("</svg>")
     return "".join(parts)
@@ -659,7 +660,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         task_vars = task_vars or {}
         result: dict[str, Any] = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=self._SPEC)
+        _spec, args = self.validate_argument_spec(argument_spec=self._SPEC)
         hosts = args["hosts"]
         records: dict[str, Any] = dict(args["records"] or {})
         if not records:

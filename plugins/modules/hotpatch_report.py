@@ -24,7 +24,7 @@ description:
   - Runs on the controller only. The files are run artifacts, so the task never reports a change; it writes them in
     check mode too (the report then says nothing was changed).
 author:
-  - rebootless.windows maintainers
+  - rebootless.windows maintainers (@rebootless-windows)
 options:
   hosts:
     description: Hosts of the run, in report order. Their records are read from C(hostvars) unless O(records) is given.
@@ -66,11 +66,15 @@ options:
     default: Hotpatch rollout
 attributes:
   check_mode:
+    description: Writes the report in check mode too (it changes no host); the report says it was a check run.
     support: full
   diff_mode:
+    description: Nothing to show.
     support: none
   platform:
+    description: Runs on the controller only, whatever host the task targets.
     platforms: posix
+    support: full
 notes:
   - The action runs on the controller whatever host the task targets; use it in a play on C(localhost).
 seealso:

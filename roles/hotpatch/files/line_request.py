@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Health probe run on the managed host: send one request line over TCP and match the answer line.
 
 Argument: base64 of a JSON object {host, port, send, expect, expect_not, timeout, record_answer}. Prints one JSON

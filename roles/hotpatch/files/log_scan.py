@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Health probe run on the managed host: count new lines matching an error pattern in a log file.
 
 Argument: base64 of a JSON object {path, pattern, offset}; lines from byte ``offset`` on are scanned (from 0 when
