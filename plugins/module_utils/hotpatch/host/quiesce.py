@@ -2,8 +2,8 @@
 
 A conflict is a thread whose instruction pointer lies in a byte range about to change (the jump bytes), or, when
 asked, a thread whose instruction pointer or candidate return addresses lie in a guarded range (activeness check
-over the patched functions; the blob before it is freed). The engine resumes, waits ``delay_ms`` and tries again,
-at most ``retries`` more times.
+over the patched functions; the blob before it is freed). The engine resumes, waits ``delay_ms`` (doubling after
+each attempt, at most 2 s) and tries again, at most ``retries`` more times.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Optional, Sequence, Tuple
 from ..backends.base import ProcessHandle, Quiesced, ThreadState
 
 __all__ = ["Busy", "Range", "quiesce_clear"]
+
+_MAX_DELAY_MS = 2000
 
 Range = Tuple[int, int, str]  # [start, end) VA and what it is, for the reason
 
@@ -52,7 +54,9 @@ def quiesce_clear(
         quiesced.resume()
         reason = conflict
         if attempt <= retries and delay_ms:
-            time.sleep(delay_ms / 1000.0)
+            # Doubling the wait: with more busy threads than CPUs, a preempted thread can need a whole scheduling
+            # round to move on, and a fixed short wait kept catching it at the same instruction.
+            time.sleep(min(delay_ms * 2 ** (attempt - 1), _MAX_DELAY_MS) / 1000.0)
     return None, Busy(f"{reason} on each of {retries + 1} attempts", retries + 1)
 
 
