@@ -28,14 +28,10 @@ DEPS_STAMP := $(DEPS_ROOT)/.unpacked.json
 LINK_ROOT := $(CURDIR)/.collections
 LINK := $(LINK_ROOT)/ansible_collections/rebootless/windows
 LINK_REL := .collections/ansible_collections/rebootless/windows
-# ansible-test needs a real copy at such a path.
-SANITY_ROOT := $(CACHE)
-SANITY_TREE := $(SANITY_ROOT)/ansible_collections/rebootless/windows
+# ansible-test needs a real copy at such a path: scripts/ci/sanity.sh makes it under $(CACHE)/ansible_collections.
 SANITY_PYTHON ?= 3.11
 # Managed hosts run the engine on CPython 3.8+ (see README): checked with the oldest and the newest we support.
 SANITY_HOST_PYTHONS ?= 3.8 3.13
-HOST_CODE = $(wildcard plugins/modules plugins/module_utils)
-ANSIBLE_TEST = $(CURDIR)/$(BIN)/ansible-test sanity --venv --color no
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(LINK_ROOT):$(DEPS_ROOT)
@@ -104,16 +100,7 @@ integration:
 # Full sanity on the controller Python; then compile + import of host code (modules, module_utils) on the oldest
 # and newest host Pythons we promise, so a 3.9+ construct or a removed stdlib module cannot reach a host.
 sanity: collections
-	$(PY) scripts/ci/seed_get_pip.py
-	$(PY) scripts/ci/copy_tree.py $(SANITY_ROOT) $(DEPS_ROOT)
-	@rc=0; set -x; \
-	(cd $(SANITY_TREE) && $(ANSIBLE_TEST) --python $(SANITY_PYTHON) $(SANITY_ARGS)) || rc=1; \
-	for v in $(if $(HOST_CODE),$(SANITY_HOST_PYTHONS)); do \
-		scripts/ci/find_python.sh $$v $(CACHE)/pythons || { rc=1; continue; }; \
-		(cd $(SANITY_TREE) && PATH=$(CACHE)/pythons:$$PATH \
-			$(ANSIBLE_TEST) --python $$v --test compile --test import $(HOST_CODE)) || rc=1; \
-	done; \
-	exit $$rc
+	@scripts/ci/sanity.sh $(CURDIR)/$(BIN) $(CACHE) $(DEPS_ROOT) $(SANITY_PYTHON) "$(SANITY_HOST_PYTHONS)" $(SANITY_ARGS)
 
 ansible-lint: link collections
 	@targets="$$(for d in roles playbooks; do [[ -d $$d ]] && echo $$d; done || true)"; \
