@@ -1,0 +1,1 @@
+"""Helpers shared by the trust tests (fault walk, concurrency, soak, secrets) and bench/soak.py."""
