@@ -79,9 +79,17 @@ EXIT_CODES: Dict[int, Tuple[str, str, str]] = {
     0x80070005: ("failed", "E_ACCESSDENIED", "access denied: run the engine as an Administrator"),
     5: ("failed", "ERROR_ACCESS_DENIED", "access denied: run the engine as an Administrator"),
     740: ("failed", "ERROR_ELEVATION_REQUIRED", "DISM needs an elevated token: connect as an Administrator"),
-    87: ("failed", "ERROR_INVALID_PARAMETER", "DISM rejected the command line or the package path"),
-    2: ("failed", "ERROR_FILE_NOT_FOUND", "the package file was not found on the host"),
-    0x80070002: ("failed", "ERROR_FILE_NOT_FOUND", "the package file was not found on the host"),
+    87: (
+        "failed",
+        "ERROR_INVALID_PARAMETER",
+        "DISM rejected the command line or the package path: check that path names an .msu or .cab",
+    ),
+    2: ("failed", "ERROR_FILE_NOT_FOUND", "the package file was not found on the host: copy the KB there first"),
+    0x80070002: (
+        "failed",
+        "ERROR_FILE_NOT_FOUND",
+        "the package file was not found on the host: copy the KB there first",
+    ),
 }
 
 
