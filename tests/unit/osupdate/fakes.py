@@ -90,11 +90,16 @@ class StrictRegistry(Registry):
         raise StrictViolation(f"undeclared registry key check: HKLM\\{path}")
 
 
+Answer = Completed | Callable[[list[str]], Completed] | BaseException
+
+
 @dataclass
 class Expected:
+    """``argv`` exactly, or, when part of it is only known at run time (a temp dir), ``like`` must accept it."""
+
     argv: list[str]
-    answer: Completed | Callable[[list[str]], Completed] | BaseException
-    timeout_s: float | None = None
+    answer: Answer
+    like: Callable[[list[str]], bool] | None = None
 
 
 @dataclass
@@ -105,15 +110,20 @@ class StrictRunner(Runner):
     expected: list[Expected] = field(default_factory=list)
     ran: list[list[str]] = field(default_factory=list)
 
-    def expect(self, argv: Sequence[str], answer: Completed | Callable[[list[str]], Completed] | BaseException) -> None:
+    def expect(self, argv: Sequence[str], answer: Answer) -> None:
         self.expected.append(Expected(list(argv), answer))
+
+    def expect_like(self, shape: Sequence[str], like: Callable[[list[str]], bool], answer: Answer) -> None:
+        """An expected command whose argv ``like`` checks (``shape`` only describes it in failure messages)."""
+        self.expected.append(Expected(list(shape), answer, like))
 
     def run(self, argv: Sequence[str], timeout_s: float) -> Completed:
         got = list(argv)
         if not self.expected:
             raise StrictViolation(f"unexpected command {got}")
         want = self.expected.pop(0)
-        if got != want.argv:
+        matches = want.like(got) if want.like is not None else got == want.argv
+        if not matches:
             raise StrictViolation(f"command {got} != expected {want.argv}")
         self.ran.append(got)
         if isinstance(want.answer, BaseException):
