@@ -178,6 +178,8 @@ def main() -> int:
         "peak_rss_mb_max": max(peaks),
         "goal": {"build_seconds": 3.0, "peak_rss_mb": 500},
         "meets_goal": statistics.median(build_times) < 3.0 and max(peaks) < 500,
+        # wall time follows the machine's load (shared CI runners); CPU time is the builder's own cost
+        "meets_goal_cpu": statistics.median(r["build_cpu_s"] for r in rounds) < 3.0 and max(peaks) < 500,
         "patched": rounds[0]["patched"],
         "new": rounds[0]["new"],
         "relocations": rounds[0]["relocations"],

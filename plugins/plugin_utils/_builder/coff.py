@@ -72,6 +72,8 @@ def read_coff_symbols(data: bytes, pointer: int, count: int) -> list[CoffSymbol]
         function = (type_ & 0xF0) == _TYPE_FUNCTION
         name = _name(raw_name, strings)
         contribution = storage == _CLASS_STATIC and bool(aux) and not function and name.startswith(".")
+        if storage == _CLASS_STATIC and not aux and not function and name.startswith("."):
+            continue  # a section-name label (".text", ".rdata$zzz") of import stubs: names no object
         if name:
             length = struct.unpack_from("<I", data, offset + _RECORD)[0] if contribution else 0
             symbols.append(

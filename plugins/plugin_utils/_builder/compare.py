@@ -190,7 +190,8 @@ def _token(image: Image, ref: Reference, begin: int) -> str:
 def _target_token(image: Image, target: Target) -> str:
     if target.kind == "import":
         return f"imp:{target.name}"
-    if target.kind == "data" and not target.writable:  # read-only: what it holds matters, not just its name
+    if target.kind == "data" and not target.writable and not image.symbols[target.name].section.executable:
+        # read-only data: what it holds matters, not just its name
         return f"rodata:{target.name}+{target.offset}#{image.symbol_digest(target.name)}"
     if target.kind in ("function", "data", "self"):
         return f"{target.kind}:{target.name}+{target.offset}"

@@ -268,8 +268,8 @@ def _build(path: str, module: str, data: bytes, pe: pefile.PE, map_path: str | N
     functions = function_ranges(pe)
     imports, slots = _imports(pe, pin.image_base)
     relocations = _relocations(pe)
-    raw_names, source = _names(pe, data, memory, sections, map_path, pin.image_base)
-    symbols = _symbols(raw_names, sections, functions, _boundaries(pe))
+    raw_names, source, edges = _names(pe, data, memory, sections, map_path, pin.image_base)
+    symbols = _symbols(raw_names, sections, functions, _boundaries(pe) + edges)
     return Image(path, module, data, pe, pin, memory, sections, symbols, functions, imports, slots, relocations, source)
 
 
@@ -335,20 +335,23 @@ def _relocations(pe: pefile.PE) -> dict[int, int]:
 
 def _names(
     pe: pefile.PE, data: bytes, memory: bytes, sections: list[Section], map_path: str | None, image_base: int
-) -> tuple[list[tuple[str, int, str]], str]:
+) -> tuple[list[tuple[str, int, str]], str, list[int]]:
     """(name, rva, source file) triples, best source first; and a word saying where names came from. A source
     starting with NUL marks a COFF symbol whose type is not function (data placed in code, e.g. __CTOR_LIST__);
-    one starting with \x01 marks an object file's contribution to a writable section, followed by its length."""
+    one starting with \x01 marks an object file's contribution to a writable section, followed by its length.
+    Third: the start and end RVAs of every object file's contribution to any section (sizes end there)."""
     names: list[tuple[str, int, str]] = []
     sources: list[str] = []
     header = pe.FILE_HEADER
     coff = read_coff_symbols(data, header.PointerToSymbolTable, header.NumberOfSymbols)
     contributions: list[tuple[str, int, str]] = []
+    edges: list[int] = []  # where each object file's part of a section starts and ends
     seen: dict[str, int] = {}
     for symbol in coff:
         if symbol.section <= len(sections):
             rva = sections[symbol.section - 1].rva + symbol.value
             if symbol.contribution:
+                edges += [rva, rva + symbol.length]
                 if sections[symbol.section - 1].writable and symbol.length:  # read-only: compared by content
                     label = f"{symbol.name}@{symbol.source}"
                     seen[label] = seen.get(label, 0) + 1
@@ -365,7 +368,7 @@ def _names(
         names.extend((name, rva, "") for name, rva in exports)
         sources.append("exports")
     names.extend(contributions)  # last: a real name at the same address is preferred
-    return names, " + ".join(sources) or "none"
+    return names, " + ".join(sources) or "none", edges
 
 
 def _symbols(

@@ -152,8 +152,10 @@ class _Relocator:
         if kind == "data":
             old = self.base.symbols.get(name)
             symbol = self.patched.symbols[name]
-            same = target.writable or (
-                old is not None and self.base.symbol_digest(name) == self.patched.symbol_digest(name)
+            same = (
+                target.writable
+                or symbol.section.executable
+                or (old is not None and self.base.symbol_digest(name) == self.patched.symbol_digest(name))
             )
             if old is not None and not old.function and same:
                 return "base", old.rva + offset, label
