@@ -12,12 +12,13 @@ import argparse
 import json
 import sys
 import traceback
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import BackendError, EngineError, RequestError
 from .host.request import VERBS, load_request
 from .host.result import VerbResult
 from .host.verbs import execute
+from .osupdate.cli import KB_VERBS, run_kb_file
 
 __all__ = ["main"]
 
@@ -32,13 +33,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but the result may reach the real stdout
     verb = "unknown"
+    document: Optional[Dict[str, Any]] = None  # the KB verbs (osupdate/) answer with their own document
     try:
         parser = _Parser(prog="hotpatch", add_help=False)
-        parser.add_argument("verb", choices=VERBS)
+        parser.add_argument("verb", choices=VERBS + KB_VERBS)
         parser.add_argument("--request", required=True)
         args = parser.parse_args(argv)
         verb = args.verb
-        code, result = execute(load_request(verb, args.request))
+        if verb in KB_VERBS:
+            code, document = run_kb_file(verb, args.request)
+        else:
+            code, result = execute(load_request(verb, args.request))
     except EngineError as exc:
         result = VerbResult(verb, error={"kind": exc.kind, "message": str(exc)})
         code = exc.exit_code
@@ -48,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         code = BackendError.exit_code
     finally:
         sys.stdout = out
-    out.write(json.dumps(result.to_dict(), sort_keys=True) + "\n")
+    out.write(json.dumps(document if document is not None else result.to_dict(), sort_keys=True) + "\n")
     out.flush()
     return code
 
