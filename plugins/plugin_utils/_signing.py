@@ -23,9 +23,14 @@ import os
 import sys
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+try:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+except ImportError:  # the controller lacks cryptography: every entry point says so (requirements.txt lists it)
+    HAS_CRYPTOGRAPHY = False
+else:
+    HAS_CRYPTOGRAPHY = True
 
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import SignatureError
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.package import read_package, write_package
@@ -45,6 +50,7 @@ def load_private_key(path: str | None = None) -> Ed25519PrivateKey:
 
     Raises SignatureError naming the source (never the key) when it is missing, unreadable or not Ed25519.
     """
+    _require_cryptography()
     if path:
         try:
             pem = Path(path).read_bytes()
@@ -77,6 +83,7 @@ def sign_package(package: bytes, key: Ed25519PrivateKey) -> bytes:
 
     Ed25519 is deterministic, so signing the same package with the same key gives byte-identical output.
     """
+    _require_cryptography()
     checked = read_package(package)
     raw_public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     document = signature_document(raw_public, key.sign(checked.manifest_bytes))
@@ -87,6 +94,7 @@ def sign_package(package: bytes, key: Ed25519PrivateKey) -> bytes:
 
 def generate_keypair(directory: str) -> tuple[Path, Path]:
     """Write ``signing-key.pem`` (mode 0600) and ``signing-key.pub`` (base64 raw public key) into ``directory``."""
+    _require_cryptography()
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -98,6 +106,11 @@ def generate_keypair(directory: str) -> tuple[Path, Path]:
         handle.write(pem)
     public.write_text(public_key_text(key) + "\n")
     return private, public
+
+
+def _require_cryptography() -> None:
+    if not HAS_CRYPTOGRAPHY:
+        raise SignatureError("signing needs the Python package 'cryptography' on the controller (see requirements.txt)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,8 +214,9 @@ class FILETIME(ctypes.Structure):
     _fields_ = [("dwLowDateTime", _DWORD), ("dwHighDateTime", _DWORD)]
 
 
-assert ctypes.sizeof(CONTEXT) == 1232, "CONTEXT layout must match winnt.h for x64"
-assert ctypes.sizeof(MEMORY_BASIC_INFORMATION) == 48, "MEMORY_BASIC_INFORMATION layout must match winnt.h for x64"
+# A wrong layout would make GetThreadContext/VirtualQueryEx write past our buffers: fail at import instead.
+if ctypes.sizeof(CONTEXT) != 1232 or ctypes.sizeof(MEMORY_BASIC_INFORMATION) != 48:
+    raise ImportError("CONTEXT / MEMORY_BASIC_INFORMATION layouts do not match winnt.h for x64")
 
 _H = ctypes.c_void_p
 _P = ctypes.c_void_p

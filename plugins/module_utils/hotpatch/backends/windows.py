@@ -244,7 +244,7 @@ class WindowsProcess:
         """Suspend every thread, then read each one's context (which waits for the suspension to complete)."""
         quiesced = _Quiesced(self)
         try:
-            for _ in range(QUIESCE_ROUNDS):
+            for _round in range(QUIESCE_ROUNDS):
                 fresh = [
                     int(t.th32ThreadID)
                     for t in _snapshot(
@@ -442,7 +442,7 @@ def _start_time(win: _Win32Caller, pid: int) -> str:
     if not handle:
         return ""
     try:
-        times = [w.FILETIME() for _ in range(4)]
+        times = [w.FILETIME(), w.FILETIME(), w.FILETIME(), w.FILETIME()]  # creation, exit, kernel, user
         if not api.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
             return ""
         return str((times[0].dwHighDateTime << 32) | times[0].dwLowDateTime)
