@@ -33,10 +33,15 @@ _FACT_KEYS: dict[str, tuple[str, ...]] = {
     "hostname": ("hostname",),
     "python_version": ("python_version",),
     "vbs": ("vbs", "vbs_state"),
-    "enrolment": ("enrolment", "hotpatch_enrolment", "enrollment"),
+    "vbs_status": ("vbs_status",),
+    "enrolment": ("enrolment", "enrollment"),
+    "hotpatch_enrolment": ("hotpatch_enrolment",),
+    "hotpatch_ready": ("hotpatch_ready",),
     "pending_reboot": ("pending_reboot", "reboot_pending"),
     "pending_reboot_reasons": ("pending_reboot_reasons", "reboot_reasons"),
 }
+# List facts: always a list of strings (empty when the engine does not report them).
+_LIST_FACTS = ("pending_reboot_reasons", "pending_reboot_optional", "hotpatch_blockers")
 _PROCESS_KEYS = ("pid", "windows_pid", "name", "start_time")
 
 
@@ -50,8 +55,9 @@ def hotpatch_facts(document: dict[str, Any], module: str | None) -> dict[str, An
     }
     for name, keys in _FACT_KEYS.items():
         facts[name] = next((raw[key] for key in keys if raw.get(key) is not None), None)
-    reasons = facts["pending_reboot_reasons"]
-    facts["pending_reboot_reasons"] = [str(r) for r in reasons] if isinstance(reasons, list) else []
+    for name in _LIST_FACTS:
+        value = raw.get(name)
+        facts[name] = [str(item) for item in value] if isinstance(value, list) else []
     facts["applied"] = list(document.get("applied") or raw.get("applied") or [])
     facts["staged"] = list(document.get("staged") or raw.get("staged") or [])
     facts["module"] = module

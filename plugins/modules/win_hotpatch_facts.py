@@ -111,19 +111,58 @@ ansible_facts:
           type: str
           sample: 3.12.7
         vbs:
-          description: Virtualization-based security state as the engine reports it, null when unknown.
-          type: raw
+          description:
+            - Virtualization-based security on Windows hosts, null when unknown (Wine hosts).
+            - C(running), C(enabled) (configured but not running) or C(off) from WMI
+              (C(Win32_DeviceGuard.VirtualizationBasedSecurityStatus) 2, 1, 0); C(configured) or C(off) from the
+              registry when WMI could not be asked. Hotpatches need C(running).
+          type: str
           sample: running
+        vbs_status:
+          description: The WMI C(VirtualizationBasedSecurityStatus) number, null without WMI.
+          type: int
+          sample: 2
         enrolment:
-          description: Hotpatch enrolment state for Microsoft hotpatch updates, null when unknown.
-          type: raw
+          description:
+            - Hotpatch enrolment for Microsoft hotpatch updates, C(enrolled) or C(not_enrolled); null when unknown.
+            - C(enrolled) when the C(Hotpatch.<arch>) targeting package is installed (Windows Server) or the
+              C(AllowRebootlessUpdates) policy is 1 (Windows 11 Enterprise).
+          type: str
           sample: enrolled
+        hotpatch_enrolment:
+          description:
+            - The enrolment evidence, null when unknown - C(state), C(arch) (C(amd64)/C(arm64)), C(package_name)
+              and C(package_version) of the targeting key, C(hotpatch_table_size) (bytes),
+              C(rebootless_policy) (bool or null) and C(chpe_disabled) (Arm64 C(HotPatchRestrictions=1); null on
+              amd64).
+          type: dict
+          sample: {"state": "enrolled", "arch": "amd64", "package_name": "Hotpatch Enrollment Package",
+                   "package_version": "10.0.26100.2894", "hotpatch_table_size": 4096, "rebootless_policy": null,
+                   "chpe_disabled": null}
+        hotpatch_ready:
+          description: Whether this host can take a Microsoft hotpatch KB now; null when unknown (Wine hosts).
+          type: bool
+          sample: true
+        hotpatch_blockers:
+          description: Why it cannot (VBS, enrolment, CHPE, pending reboot), each with what to do; empty otherwise.
+          type: list
+          elements: str
+          sample: []
         pending_reboot:
           description: Whether a reboot is pending, null when the engine cannot tell.
           type: bool
           sample: false
         pending_reboot_reasons:
-          description: Why a reboot is pending (for example C(Component Based Servicing)); empty when none or unknown.
+          description:
+            - Why a reboot is pending - C(component_servicing) (CBS RebootPending), C(windows_update)
+              (RebootRequired), C(computer_rename), C(domain_join); empty when none or unknown.
+          type: list
+          elements: str
+          sample: []
+        pending_reboot_optional:
+          description:
+            - Weak evidence reported but not counted in RV(ansible_facts.hotpatch.pending_reboot) - C(file_rename_operations) (a non-empty
+              PendingFileRenameOperations, which installers leave behind without needing a reboot).
           type: list
           elements: str
           sample: []

@@ -10,10 +10,12 @@ keys: ``product_name``, ``current_build`` (str), ``ubr`` (int), ``edition_id``, 
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from ..errors import EngineError
 from .enrolment import Enrolment, read_enrolment
 from .pending_reboot import PendingReboot, pending_reboot
 from .registry import Registry
@@ -111,8 +113,17 @@ def osupdate_facts(registry: Registry, runner: Runner, arch: str) -> OsUpdateFac
 
 
 def windows_facts() -> Dict[str, Any]:
-    """The facts of this Windows host with the real registry and tools (what ``inspect`` calls on Windows)."""
+    """The facts of this Windows host with the real registry and tools (what ``inspect`` calls on Windows).
+
+    Never raises: when the registry refuses a read, the only key is ``osupdate_error`` saying why. Off Windows
+    (the Windows backend driven by a test double) there is nothing to read: {}.
+    """
+    if os.name != "nt":
+        return {}
     from .registry import WinRegistry
     from .runner import SubprocessRunner
 
-    return osupdate_facts(WinRegistry(), SubprocessRunner(), platform.machine()).as_dict()
+    try:
+        return osupdate_facts(WinRegistry(), SubprocessRunner(), platform.machine()).as_dict()
+    except (EngineError, OSError, ImportError) as exc:
+        return {"osupdate_error": f"OS-update facts unavailable: {exc}"}
