@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
+from ..osupdate.facts import windows_facts
+
 __all__ = ["os_facts"]
 
 _NT_KEY = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion"
@@ -41,6 +43,7 @@ def os_facts(platform_name: str) -> Dict[str, Any]:
         facts.update(_windows())
         reasons = _pending_reboot_reasons()
         facts.update({"pending_reboot": bool(reasons), "pending_reboot_reasons": reasons})
+        facts.update(windows_facts())  # osupdate/: VBS, hotpatch enrolment, CHPE, reboot reasons (overrides above)
     else:  # a Wine host never needs a Windows reboot: restarting the program is the cold path
         facts.update({"wine_version": _wine_version(), "kernel": platform.release(), "os": platform.system()})
         facts.update({"pending_reboot": False, "pending_reboot_reasons": []})
