@@ -1,0 +1,181 @@
+"""Two engines on one host at once, and two ansible-playbook runs against one host at once: never both patching.
+
+Engines: a real engine (``python -m hotpatch``) is frozen (SIGSTOP) while it holds the host lock, so the overlap
+is certain rather than likely. A second engine with a short lock_timeout_s fails cleanly (exit 6, kind "lock",
+the holder named, the target and the journal untouched); a third one with a long timeout waits, and once the
+first finishes it finds the work done (already_patched, changed false). Then two rollbacks race unfrozen.
+
+Playbooks: playbooks/hotpatch.yml twice at the same moment on one private demo host (its own fleet root and port)
+under the load generator: both succeed, exactly one reports the apply task changed, the service is patched once
+(one applied journal record) and no request failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import BuildRequest, build
+from demo.fleet import Fleet
+from demo.loadgen import LoadGen, Target
+from demo.main_job import REPO_ROOT, build_demo_package, playbook_command, playbook_environment
+from tests.fixtures.pe import FixturePair, build_all
+from tests.fixtures.wine import WineProcess, wine_prefix
+from tests.support.engine_cli import EngineCli, journal_records
+
+pytestmark = [pytest.mark.wine, pytest.mark.integration]
+
+CASE = "gcc/changed_constant"
+BASE_PORT = 38280  # private demo host (see test_soak.py for the ports other suites use)
+APPLY_TASK = "TASK [rebootless.windows.hotpatch : Apply | hotpatch the running processes]"
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(0.005)
+
+
+def holds_lock(state_dir: Path, pid: int) -> bool:
+    """Whether engine ``pid`` holds the host lock: the lock file names its holder once taken (host/lock.py)."""
+    try:
+        return (state_dir / "engine.lock").read_text().strip() == f"pid {pid}"
+    except FileNotFoundError:
+        return False
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (a waiting engine keeps the lock file open while it polls)."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def pair() -> FixturePair:
+    try:
+        return build_all()[CASE]
+    except FileNotFoundError as exc:
+        pytest.skip(f"toolchain missing: {exc}")
+
+
+@pytest.fixture
+def busy(pair: FixturePair) -> Iterator[WineProcess]:
+    with WineProcess.start(pair.argv("base"), wine_prefix()) as proc:
+        assert proc.request(f"spin 2 case_entry {pair.x}").startswith("spinning")
+        yield proc
+
+
+def test_a_second_engine_fails_cleanly_or_waits_while_the_first_holds_the_lock(
+    pair: FixturePair, busy: WineProcess, tmp_path: Path
+) -> None:
+    package = tmp_path / "fix.hpk"
+    package.write_bytes(build(BuildRequest(str(pair.base), str(pair.patched), "fix", "1.0.0")).package)
+    state = tmp_path / "state"
+    engine = EngineCli(package, state)
+    pids = {"pids": [busy.linux_pid]}
+
+    first = engine.spawn("apply", processes=pids)
+    try:
+        wait_for(lambda: holds_lock(state, first.pid), "the first engine holding the lock")
+        os.kill(first.pid, signal.SIGSTOP)  # frozen mid-run, lock held
+
+        code, result = engine("apply", processes=pids, lock_timeout_s=0.5)
+        assert code == 6 and result["error"]["kind"] == "lock", result
+        assert f"pid {first.pid}" in result["error"]["message"] and "lock_timeout_s" in result["error"]["message"]
+        assert result["processes"] == [] and result["changed"] is False
+
+        waiting = engine.spawn("apply", processes=pids, lock_timeout_s=60)
+        wait_for(lambda: has_open(waiting.pid, state / "engine.lock"), "the third engine waiting on the lock")
+        assert waiting.poll() is None
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    code, result = engine.finish(first)
+    assert code == 0 and result["changed"] is True and result["processes"][0]["result"] == "patched", result
+    code, result = engine.finish(waiting)
+    assert code == 0 and result["changed"] is False, result
+    assert result["processes"][0]["result"] == "already_patched"
+
+    assert int(busy.request(f"call case_entry {pair.x}")) == pair.patched_result
+    applied = [p for r in journal_records(state) for p in r.get("processes", []) if p["state"] == "applied"]
+    assert [p["pid"] for p in applied] == [busy.linux_pid], journal_records(state)
+
+    racing = [engine.spawn("rollback"), engine.spawn("rollback")]
+    results = [engine.finish(p) for p in racing]
+    assert [code for code, _ in results] == [0, 0], results
+    assert sorted(r["changed"] for _, r in results) == [False, True], results
+    assert int(busy.request(f"call case_entry {pair.x}")) == pair.base_result
+    assert journal_records(state) == []
+    stats = busy.stats()
+    assert set(stats.results) <= {pair.base_result, pair.patched_result} and stats.errors == 0, stats
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    try:
+        build_all()
+    except FileNotFoundError as exc:
+        pytest.skip(f"toolchain missing: {exc}")
+    f = Fleet(tmp_path_factory.mktemp("concurrency-fleet"))
+    try:
+        f.up(hosts=1, base_port=BASE_PORT, mismatch_host=0, timeout=60)
+        yield f
+    finally:
+        f.down()
+
+
+def apply_task_outcome(output: str) -> str:
+    """The first status word printed after the role's apply task ("changed", "ok", "fatal", "skipping")."""
+    _, found, rest = output.partition(APPLY_TASK)
+    assert found, output[-3000:]
+    match = re.search(r"^(changed|ok|fatal|skipping|failed): \[", rest, re.M)
+    assert match, rest[:2000]
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_two_playbook_runs_at_once_patch_the_host_once_and_only_one_reports_changed(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    inventory = fleet.inventory_path
+    host = fleet.hosts()[0]
+    package = build_demo_package(tmp_path / "packages").path
+    env = playbook_environment()
+    runs = []
+    gen = LoadGen([Target(host, "127.0.0.1", BASE_PORT)], rate=40.0).start()
+    try:
+        for name in ("first", "second"):
+            cmd = playbook_command(inventory, package, tmp_path / f"report-{name}", {"hotpatch_waves": [1]})
+            runs.append(
+                subprocess.Popen(
+                    cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+            )
+        outputs = [p.communicate(timeout=600)[0] for p in runs]
+    finally:
+        load = gen.stop()
+    assert [p.returncode for p in runs] == [0, 0], [o[-3000:] for o in outputs]
+    assert sorted(apply_task_outcome(o) for o in outputs) == ["changed", "ok"], [o[-3000:] for o in outputs]
+
+    reports = [json.loads((tmp_path / f"report-{n}" / "hotpatch-report.json").read_text()) for n in ("first", "second")]
+    entries: list[dict[str, Any]] = [next(h for h in r["hosts"] if h["host"] == host) for r in reports]
+    assert [e["result"] for e in entries] == ["hotpatched", "hotpatched"], entries
+    results = sorted(p["result"] for e in entries for p in e["processes"])
+    assert results == ["already_patched", "patched"], entries
+
+    assert fleet.request(host, "VERSION") == "appcore 1.0.1"
+    state = fleet.host_dir(host) / "ProgramData" / "rebootless" / "state"
+    applied = [p for r in journal_records(state) for p in r.get("processes", []) if p["state"] == "applied"]
+    assert len(applied) == 1, journal_records(state)
+    assert load.sent > 0 and load.failed == 0, load.targets[host].failures
