@@ -305,3 +305,12 @@ def test_command_line_writes_the_package_or_exits_1_with_reasons(tmp_path: Path)
         check=False,
     )
     assert done.returncode == 2 and "cannot read module" in done.stderr
+
+
+def test_pins_carry_the_pdb_identity_of_codeview_builds() -> None:
+    from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.image import pin_from_file
+
+    clang = pin_from_file(str(PAIRS["clang/changed_constant"].base))
+    assert clang.pdb_guid is not None and len(clang.pdb_guid) == 36 and clang.pdb_age == 1
+    mingw = pin_from_file(str(PAIRS["gcc/changed_constant"].base))
+    assert mingw.pdb_guid is None and mingw.pdb_age is None
