@@ -246,6 +246,7 @@ def test_failing_canary_wave_stops_the_rollout(tmp_path: Path) -> None:
     finally:
         fleet.down()
     assert proc.returncode != 0
+    assert "0 host(s) failed, 1 rolled back; rollout stopped after wave 1: 1 of 1 host(s) failed" in proc.stdout
     report = load_report(tmp_path / "report")
     hosts = by_host(report)
     assert hosts["demo-host-1"]["rolled_back"] is True
