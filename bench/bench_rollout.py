@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.fleet import Fleet
-from demo.main_job import run_main_job
+from demo.main_job import playbook_environment, run_main_job
 
 PHASES = ("facts", "preflight", "decide", "apply", "verify", "rollback", "cold")
 
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({k: run[k] for k in ("hosts", "mode", "rc", "rollout_seconds", "results")}), flush=True)
             runs.append(run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"benchmark": "rollout", "rate_per_host": args.rate, "runs": runs}, indent=2) + "\n")
+    meta = {"benchmark": "rollout", "rate_per_host": args.rate, "forks": playbook_environment()["ANSIBLE_FORKS"]}
+    args.out.write_text(json.dumps({**meta, "runs": runs}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 
