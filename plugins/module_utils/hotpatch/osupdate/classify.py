@@ -132,7 +132,7 @@ class InstalledLookup:
 def classify_files(paths: Iterable[str], installed: InstalledLookup, blockers: Sequence[str] = ()) -> Classification:
     """Classify the payload files at ``paths`` (see module docstring). Damaged PE files are ``unclassified``
     with pefile's reason; this never raises for file contents."""
-    tables: List[Tuple[str, str, HotPatchTable, Optional[bytes]]] = []
+    tables: List[Tuple[str, HotPatchTable]] = []
     plain: List[Tuple[str, int, int]] = []
     verdicts: List[FileVerdict] = []
     for path in paths:
@@ -156,11 +156,11 @@ def classify_files(paths: Iterable[str], installed: InstalledLookup, blockers: S
             verdicts.append(FileVerdict(name, "unclassified", str(exc)))
             continue
         if table is not None:
-            tables.append((path, name, table, None))
+            tables.append((name, table))
         else:
             plain.append((name, fields.time_date_stamp, fields.checksum))
     patched_in_memory = set()
-    for _path, name, table, _ in tables:
+    for name, table in tables:
         verdict = _classify_hotpatch(name, table, installed.find(name))
         if verdict.kind == "hotpatch" and verdict.installed is not None:
             patched_in_memory.add(verdict.installed.path.lower())
