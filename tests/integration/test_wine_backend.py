@@ -642,6 +642,21 @@ def test_a_process_that_exits_is_reported_gone(build: Path, prefix: Path) -> Non
         handle.close()
 
 
+def test_a_process_killed_while_quiesced_is_released_without_error(build: Path, prefix: Path) -> None:
+    t = Target(build, 2)
+    handle = WineBackend().open(t.pid)
+    try:
+        quiesced = handle.quiesce()
+        t.proc.kill()
+        assert quiesced.resume() >= 0
+        assert t.proc.wait(timeout=20) == -signal.SIGKILL
+        with pytest.raises(BackendError, match="gone"):
+            handle.allocate_near(0x140000000, 0x1000)
+    finally:
+        handle.close()
+        t.stop()
+
+
 def test_stop_all_on_a_missing_pid_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match="gone"):
         _stop.stop_all(2**22 + 12345)

@@ -58,6 +58,7 @@ class StoppedProcess:
             return 0
         self.released = True
         failures: List[str] = []
+        dead: List[int] = []
         for tid in sorted(self.attached):
             task = self.tasks.get(tid)
             if task is None:  # seized but never seen stopped (error path): it must stop before it can detach
@@ -73,8 +74,11 @@ class StoppedProcess:
             try:
                 _ptrace.detach(tid, sig)
             except OSError as exc:
-                if exc.errno != errno.ESRCH:  # ESRCH: the task exited meanwhile
+                if exc.errno == errno.ESRCH:  # killed while stopped: reap it below
+                    dead.append(tid)
+                else:
                     failures.append(f"thread {tid}: {exc}")
+        _reap(self.pid, dead)
         pause_us = (time.monotonic_ns() - self.started_ns) // 1000 if self.started_ns else 0
         _restore_scheduling(self.scheduling)
         detach_lingering()
@@ -87,6 +91,31 @@ class StoppedProcess:
                 f"could not detach from process {self.pid} ({'; '.join(failures)}); the engine's exit detaches them"
             )
         return pause_us
+
+
+def _reap(pid: int, dead: List[int]) -> None:
+    """Collect the exit of tasks killed while we traced them. A traced thread stays a zombie until its tracer
+    waits for it, and the process cannot be reaped by its parent before all its threads are; so reap every
+    thread, and the leader too unless we are also its parent (then our caller's wait collects it)."""
+    deadline = time.monotonic_ns() + 1_000_000_000
+    for tid in sorted(dead, key=lambda t: t == pid):  # the leader is reportable only after its threads
+        if tid == pid and _parent_of(pid) == os.getpid():
+            continue
+        result = _ptrace.wait_stop(tid, deadline)
+        if result is not None and not result.gone:  # stopped after all (not dead): let it go
+            with contextlib.suppress(OSError):
+                _ptrace.detach(tid, result.sig if result.signal_delivery else 0)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 # Tasks we seized that had not stopped when we gave up on them (stuck in "D"): a seized task stops as soon as it
