@@ -63,7 +63,7 @@ notes:
     C(0x800F0922), C(0x800F081F), C(0x800F0823), C(0x800F0826), C(0x800F0827), C(0x800F0828), C(0x800F0831),
     access denied and others fail the task with what to do.
   - Cumulative updates ship most files as deltas (C(PA30)) against the installed version; those are listed in
-    RV(predicted.unclassified), not guessed. DISM's exit code and the pending-reboot state after the install
+    C(unclassified) in RV(predicted), not guessed. DISM's exit code and the pending-reboot state after the install
     decide RV(result).
   - Enrolment is read from the host (the C(Hotpatch.<arch>) targeting key, C(HotPatchTableSize),
     C(AllowRebootlessUpdates)); whether Microsoft offers hotpatches to the host also depends on licensing that

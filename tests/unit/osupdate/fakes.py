@@ -68,7 +68,7 @@ class StrictRegistry(Registry):
             if expected is None or not isinstance(value.data, expected):
                 raise StrictViolation(f"test declared a malformed registry value {value!r}")
         self.absent_values = {(k.lower(), n.lower()) for k, n in absent_values}
-        self.keys = {k.lower() for k in keys} | {k for k, _ in self.values}
+        self.keys = {k.lower() for k in keys} | {key for key, _name in self.values}
         self.absent_keys = {k.lower() for k in absent_keys}
         self.reads: list[str] = []
 
