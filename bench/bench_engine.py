@@ -54,7 +54,7 @@ PROCESSES = (1, 10, 100)
 def source(functions: int) -> str:
     body = ['#include "hp.h"']
     for i in range(functions):
-        body.append(f"EXPORT HOTPATCH long long f{i}(long long x) {{ return x * PICK(3, 7) + {i}; }}")
+        body.append(f"EXPORT HOTPATCH long long f{i}(long long x) {{ return x * PICK(3, 5) + {i}; }}")
     calls = " + ".join(f"f{i}(x)" for i in range(functions))
     body.append(f"CASE_ENTRY {{ return {calls}; }}")
     return "\n".join(body) + "\n"
