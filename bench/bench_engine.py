@@ -128,7 +128,9 @@ def bench_pause(pairs: dict[int, tuple[Path, Path]], prefix: Path, work: Path, r
             argv = [str(folder / "driver.exe"), f"bench{functions}.dll"]
             with WineProcess.start(argv, prefix) as proc:
                 assert proc.request(f"spin {threads} case_entry 5").startswith("spinning")
-                apply_pauses, rollback_pauses, attempts = [], [], []
+                apply_pauses: list[float] = []
+                rollback_pauses: list[float] = []
+                attempts: list[float] = []
                 busy = 0  # runs that gave up because a thread stayed on the bytes to change (counted, retried)
                 for _ in range(rounds):
                     for verb, done, pauses in (
