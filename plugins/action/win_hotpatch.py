@@ -32,6 +32,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "allow_unsigned": {"type": "bool", "default": False},
     "trusted_keys": {"type": "list", "elements": "str", "no_log": False},
     "module_path": {"type": "str"},
+    "replace_other_build": {"type": "bool", "default": False},
     "engine_dir": {"type": "str"},
     "python": {"type": "str"},
     "state_dir": {"type": "str"},
@@ -94,6 +95,8 @@ class ActionModule(EngineAction):
             request["processes"] = selected
         if params.get("module_path"):
             request["module_path"] = params["module_path"]
+        if params["state"] == "staged" and params["replace_other_build"]:
+            request["replace_other_build"] = True
         return request
 
     def shape(self, params: dict[str, Any], reply: EngineReply, package: PackageInfo | None) -> dict[str, Any]:

@@ -94,6 +94,15 @@ options:
       - Path on the host of the module file that O(state=staged) replaces and O(state=unstaged) restores.
       - Defaults to the path the engine finds loaded in the matching processes.
     type: str
+  replace_other_build:
+    description:
+      - With O(state=staged), replace the module on disk even when it is another build than the package's base
+        image (the case the cold path exists for: a host whose build the hotpatch cannot apply to).
+      - The file replaced must still be a PE image for the package's machine; its SHA-256 is journaled and
+        O(state=unstaged) puts that very file back.
+      - Without it, staging over anything but the base image fails and changes nothing.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - rebootless.windows.engine
 attributes:

@@ -188,11 +188,6 @@ def test_mismatched_build_is_not_hotpatched(rollout: Rollout) -> None:
     assert not any(p.get("result") == "patched" for p in host["processes"])
 
 
-@pytest.mark.xfail(
-    reason="the engine's stage refuses to replace a module file that is not the package's base image "
-    "(plugins/module_utils/hotpatch/host/coldpatch.py), so the mismatch host cannot be cold-patched yet",
-    strict=True,
-)
 def test_mismatched_build_goes_cold_in_its_window_and_the_job_succeeds(rollout: Rollout) -> None:
     host = by_host(rollout.report)["demo-host-3"]
     assert host["result"] == "cold_patched", host["reasons"]

@@ -67,6 +67,27 @@ def test_stage_over_another_build_is_refused_and_changes_nothing(fx: Fixture, ru
     assert sorted(p.name for p in fx.module_path.parent.iterdir() if "rebootless" in p.name) == []
 
 
+def test_stage_may_replace_another_build_and_unstage_puts_that_very_file_back(fx: Fixture, run: Runner) -> None:
+    other = bytearray(fx.base_image)
+    other[-1] ^= 0xFF  # same machine and headers, another build's bytes
+    fx.module_path.write_bytes(bytes(other))
+    code, result = run("stage", module_path=str(fx.module_path), replace_other_build=True)
+    assert code == 0 and result["changed"]
+    assert fx.module_path.read_bytes() == fx.patched_image
+    assert result["staged"][0]["sha256_before"] == hashlib.sha256(bytes(other)).hexdigest()
+    code, result = run("unstage", module_path=str(fx.module_path))
+    assert code == 0 and result["changed"]
+    assert fx.module_path.read_bytes() == bytes(other)
+
+
+def test_replacing_another_build_still_refuses_a_file_that_is_no_pe_image(fx: Fixture, run: Runner) -> None:
+    fx.module_path.write_bytes(b"MZ other build")
+    code, result = run("stage", module_path=str(fx.module_path), replace_other_build=True)
+    assert code == 5 and "PE" in result["error"]["message"]
+    assert fx.module_path.read_bytes() == b"MZ other build"
+    assert sorted(p.name for p in fx.module_path.parent.iterdir() if "rebootless" in p.name) == []
+
+
 def test_processes_keep_running_the_base_image_after_stage(backend: FakeBackend, fx: Fixture, run: Runner) -> None:
     proc = spawn(backend, fx)
     run("stage", module_path=str(fx.module_path))

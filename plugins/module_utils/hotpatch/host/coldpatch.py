@@ -14,6 +14,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ImageError, JournalError, PackageError
+from ..image import header_fields
 from ..package import Package
 from .faults import fault_point
 from .journal import Journal, PackageRef, StageJournal, fsync_dir
@@ -22,12 +23,21 @@ __all__ = ["settle_stage", "stage_module", "unstage_module"]
 
 
 def stage_module(
-    journal: Journal, package: Package, ref: PackageRef, path: str, dry_run: bool = False
+    journal: Journal,
+    package: Package,
+    ref: PackageRef,
+    path: str,
+    dry_run: bool = False,
+    replace_other_build: bool = False,
 ) -> Tuple[bool, Dict[str, Any]]:
     """Put the package's patched module at ``path``; returns (changed, staged entry for the result).
 
-    Raises ImageError when the file at ``path`` is neither the base nor the patched image, PackageError when
-    the package's module does not match its own pin.
+    The file at ``path`` must be the package's base image, unless ``replace_other_build`` is set: then any PE
+    image of the same machine is replaced (a host running another build of the module is exactly what the cold
+    path is for); its SHA-256 is journaled and ``unstage`` puts that very file back.
+    Raises ImageError when the file at ``path`` is missing, not a PE image of the package's machine, or (without
+    ``replace_other_build``) another build than the base; PackageError when the package's module does not match
+    its own pin.
     """
     manifest = package.manifest
     data = package.patched_module
@@ -37,10 +47,13 @@ def stage_module(
     current = _sha256(path)
     if current == after:
         return False, _entry(path, _backup(path, ref), manifest.base.sha256, after, "staged")
-    if current != manifest.base.sha256:
+    if current is not None and current != manifest.base.sha256 and replace_other_build:
+        _check_same_machine(path, manifest.base.machine)
+    elif current != manifest.base.sha256:
         raise ImageError(
             f"{path} is {'missing' if current is None else 'SHA-256 ' + current[:16] + '…'}, not the base image "
-            f"{manifest.base.sha256[:16]}… the package replaces: install the base build first or give the right module_path"
+            f"{manifest.base.sha256[:16]}… the package replaces: install the base build first, give the right module_path, "
+            "or allow replacing another build (replace_other_build)"
         )
     backup = _backup(path, ref)
     if os.path.lexists(backup):
@@ -146,6 +159,19 @@ def settle_stage(journal: Journal, record: StageJournal, fault: bool = False) ->
     except OSError as exc:
         raise JournalError(f"journal {record.path}: cannot settle {path}: {exc.strerror}") from exc
     journal.save(record)
+
+
+def _check_same_machine(path: str, machine: int) -> None:
+    """Refuse to replace a file that is not a PE image for the package's machine (never stage over garbage)."""
+    try:
+        with open(path, "rb") as handle:
+            fields = header_fields(handle.read(4096))
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror}") from exc
+    if fields.machine != machine:
+        raise ImageError(
+            f"{path} is a PE image for machine 0x{fields.machine:04x}, the package is for 0x{machine:04x}: not replaced"
+        )
 
 
 def _backup(path: str, ref: PackageRef) -> str:

@@ -28,6 +28,7 @@ _KEYS = (
     "allow_unsigned",
     "trusted_keys",
     "module_path",
+    "replace_other_build",
 )
 
 
@@ -50,6 +51,7 @@ class Request:
     allow_unsigned: bool = False
     trusted_keys: Tuple[str, ...] = field(default=())
     module_path: Optional[str] = None
+    replace_other_build: bool = False
 
 
 def default_state_dir() -> str:
@@ -110,6 +112,7 @@ def parse_request(verb: str, data: Any) -> Request:
         allow_unsigned=_bool(data, "allow_unsigned", False),
         trusted_keys=tuple(keys),
         module_path=_opt_str(data, "module_path"),
+        replace_other_build=_bool(data, "replace_other_build", False),
     )
 
 

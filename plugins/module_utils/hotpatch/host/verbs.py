@@ -131,7 +131,9 @@ class Engine:
         with self._locked():
             package, ref = self._package(), self._ref()
             path = self._module_path()
-            changed, entry = stage_module(self.journal, package, ref, path)
+            changed, entry = stage_module(
+                self.journal, package, ref, path, replace_other_build=self.request.replace_other_build
+            )
             self.result.changed = self.result.changed or changed
             self.result.staged.append(entry)
 
