@@ -3,7 +3,8 @@
 Engines: a real engine (``python -m hotpatch``) is frozen (SIGSTOP) while it holds the host lock, so the overlap
 is certain rather than likely. A second engine with a short lock_timeout_s fails cleanly (exit 6, kind "lock",
 the holder named, the target and the journal untouched); a third one with a long timeout waits, and once the
-first finishes it finds the work done (already_patched, changed false). Then two rollbacks race unfrozen.
+first finishes it finds the work done (already_patched, changed false). Then two rollbacks race unfrozen, and
+an apply races a rollback (the end state is all patched with one applied record, or all base with none).
 
 Playbooks: playbooks/hotpatch.yml twice at the same moment on one private demo host (its own fleet root and port)
 under the load generator: both succeed, exactly one reports the apply task changed, the service is patched once
@@ -117,6 +118,33 @@ def test_a_second_engine_fails_cleanly_or_waits_while_the_first_holds_the_lock(
     assert sorted(r["changed"] for _, r in results) == [False, True], results
     assert int(busy.request(f"call case_entry {pair.x}")) == pair.base_result
     assert journal_records(state) == []
+    stats = busy.stats()
+    assert set(stats.results) <= {pair.base_result, pair.patched_result} and stats.errors == 0, stats
+
+
+RACES = 4
+
+
+def test_an_apply_and_a_rollback_racing_end_all_patched_or_all_base(
+    pair: FixturePair, busy: WineProcess, tmp_path: Path
+) -> None:
+    package = tmp_path / "fix.hpk"
+    package.write_bytes(build(BuildRequest(str(pair.base), str(pair.patched), "fix", "1.0.0")).package)
+    state = tmp_path / "state"
+    engine = EngineCli(package, state)
+    pids = {"pids": [busy.linux_pid]}
+    for race in range(RACES):
+        apply, rollback = engine.spawn("apply", processes=pids), engine.spawn("rollback")
+        assert [engine.finish(apply)[0], engine.finish(rollback)[0]] == [0, 0], race
+        code, result = engine.inproc("verify", processes=pids)
+        assert code == 0, result
+        after = result["processes"][0]["code_after"]
+        open_states = [p["state"] for r in journal_records(state) for p in r.get("processes", [])]
+        assert (after, open_states) in (("patched", ["applied"]), ("base", [])), (race, after, open_states)
+        assert int(busy.request(f"call case_entry {pair.x}")) == (
+            pair.patched_result if after == "patched" else pair.base_result
+        )
+        assert engine.inproc("rollback")[0] == 0
     stats = busy.stats()
     assert set(stats.results) <= {pair.base_result, pair.patched_result} and stats.errors == 0, stats
 
