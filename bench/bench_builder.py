@@ -151,7 +151,7 @@ def run_once(base: Path, patched: Path) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--functions", type=int, default=9000)
     args = parser.parse_args()
@@ -161,7 +161,7 @@ def main() -> int:
     base = build_dll(folder / "base", args.functions, patched=False)
     patched = build_dll(folder / "patched", args.functions, patched=True)
     compile_s = time.perf_counter() - started
-    rounds = [run_once(base, patched) for _ in range(args.rounds)]
+    rounds = [run_once(base, patched) for _unused in range(args.rounds)]
     build_times = [r["build_s"] for r in rounds]
     peaks = [r["peak_rss_mb"] for r in rounds]
     result = {

@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import conftest  # noqa: E402,F401  (makes ansible_collections.rebootless.windows importable)
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import  (makes the collection importable)
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import (  # noqa: E402
     parse_request,
 )
@@ -132,13 +132,13 @@ def bench_pause(pairs: dict[int, tuple[Path, Path]], prefix: Path, work: Path, r
                 rollback_pauses: list[float] = []
                 attempts: list[float] = []
                 busy = 0  # runs that gave up because a thread stayed on the bytes to change (counted, retried)
-                for _ in range(rounds):
+                for _round in range(rounds):
                     for verb, done, pauses in (
                         ("apply", "patched", apply_pauses),
                         ("rollback", "rolled_back", rollback_pauses),
                     ):
-                        for _ in range(5):
-                            code, result, _ = inproc(verb, request(verb, package, state, [proc.linux_pid]))
+                        for _attempt in range(5):
+                            code, result, _elapsed = inproc(verb, request(verb, package, state, [proc.linux_pid]))
                             entry = result["processes"][0]
                             if entry["result"] == done:
                                 break
@@ -170,11 +170,11 @@ def bench_processes(folder: Path, package: Path, prefix: Path, work: Path, cycle
         state = work / f"state-procs-{count}"
         with ExitStack() as stack:
             started = time.perf_counter()
-            procs = [stack.enter_context(WineProcess.start(argv, prefix)) for _ in range(count)]
+            procs = [stack.enter_context(WineProcess.start(argv, prefix)) for _unused in range(count)]
             start_s = time.perf_counter() - started
             pids = [p.linux_pid for p in procs]
             cli_apply, cli_rollback, verb_apply, verb_rollback = [], [], [], []
-            for _ in range(cycles):
+            for _unused in range(cycles):
                 code, result, seconds = cli("apply", request("apply", package, state, pids), work)
                 assert code == 0 and sum(p["result"] == "patched" for p in result["processes"]) == count, result
                 cli_apply.append(seconds)

@@ -69,10 +69,10 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 def _measure(handle: WineProcess, rounds: int) -> dict[str, object]:
     plain = []
-    for _ in range(rounds):
+    for _unused in range(rounds):
         plain.append(float(handle.quiesce().resume()))
     stacks = []
-    for _ in range(max(rounds // 4, 10)):
+    for _unused in range(max(rounds // 4, 10)):
         stacks.append(float(handle.quiesce(with_stacks=True).resume()))
     module = next(m for m in handle.modules() if m.name.lower().endswith(".exe"))
     table = handle.allocate_near(module.base, 0x1000)
@@ -80,7 +80,7 @@ def _measure(handle: WineProcess, rounds: int) -> dict[str, object]:
     calls = []
     quiesced = handle.quiesce()
     try:
-        for _ in range(max(rounds // 10, 20)):
+        for _unused in range(max(rounds // 10, 20)):
             started = time.perf_counter_ns()
             handle.add_function_table(table, 1, module.base)
             handle.delete_function_table(table)
@@ -89,7 +89,7 @@ def _measure(handle: WineProcess, rounds: int) -> dict[str, object]:
         quiesced.resume()
     handle.free(table, 0x1000)
     allocs = []
-    for _ in range(max(rounds // 10, 20)):
+    for _unused in range(max(rounds // 10, 20)):
         started = time.perf_counter_ns()
         address = handle.allocate_near(module.base, 0x1000)
         allocs.append((time.perf_counter_ns() - started) / 1000.0)

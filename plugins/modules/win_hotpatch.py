@@ -97,7 +97,7 @@ options:
   replace_other_build:
     description:
       - With O(state=staged), replace the module on disk even when it is another build than the package's base
-        image (the case the cold path exists for: a host whose build the hotpatch cannot apply to).
+        image. A host whose build the hotpatch cannot apply to is the case the cold path exists for.
       - The file replaced must still be a PE image for the package's machine; its SHA-256 is journaled and
         O(state=unstaged) puts that very file back.
       - Without it, staging over anything but the base image fails and changes nothing.

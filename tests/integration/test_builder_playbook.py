@@ -60,14 +60,14 @@ def test_playbook_builds_a_package_and_a_second_run_changes_nothing(tmp_path: Pa
         "package_id": "new-helper-fix",
         "version": "1.0.0",
     }
-    _, first = play(tmp_path, args, "--check", "--diff")
+    _unused, first = play(tmp_path, args, "--check", "--diff")
     assert first["changed"] is True and not dest.exists()
-    _, built = play(tmp_path, args)
+    _unused, built = play(tmp_path, args)
     assert built["changed"] is True and built["hotpatchable"] is True
     assert built["patched"] == ["compute"] and built["new"] == ["helper_new"] and built["refused"] == []
     package = read_package(str(dest))
     assert package.sha256 == built["sha256"] and package.manifest.package_id == "new-helper-fix"
-    _, again = play(tmp_path, args)
+    _unused, again = play(tmp_path, args)
     assert again["changed"] is False and again["sha256"] == built["sha256"]
 
 
@@ -81,9 +81,9 @@ def test_playbook_reports_refusals_and_builds_cold_only_when_allowed(tmp_path: P
         "package_id": "layout-fix",
         "version": "2",
     }
-    _, refused = play(tmp_path, args)
+    _unused, refused = play(tmp_path, args)
     assert refused["failed"] is True and not dest.exists()
     assert any(r["function"] == "weights" and "writable data" in r["reason"] for r in refused["refused"])
-    _, cold = play(tmp_path, {**args, "cold_only_ok": True})
+    _unused, cold = play(tmp_path, {**args, "cold_only_ok": True})
     assert cold["changed"] is True and cold["hotpatchable"] is False and cold["patched"] == []
     assert read_package(str(dest)).patched_module == pair.patched.read_bytes()

@@ -158,7 +158,7 @@ def test_a_busy_process_only_ever_sees_the_old_or_the_new_result(
     with WineProcess.start(pair.argv("base"), prefix) as proc:
         assert proc.request(f"spin {SPIN_THREADS} case_entry {pair.x}").startswith("spinning")
         pauses = []
-        for _ in range(CYCLES):
+        for _unused in range(CYCLES):
             code, result = engine.inproc("apply", processes={"pids": [proc.linux_pid]})
             assert code == 0 and result["processes"][0]["result"] == "patched", result
             pauses.append(result["processes"][0]["pause_us"])

@@ -271,7 +271,7 @@ def test_a_module_replaced_on_disk_keeps_its_name(build: Path, prefix: Path, tmp
 
 
 def test_a_process_whose_exe_is_not_x64_is_refused_with_the_reason(target: Target, handle: WineProcess) -> None:
-    exe_base, _ = _module(handle, EXE_NAME.lower())
+    exe_base, _unused = _module(handle, EXE_NAME.lower())
     machine_at = exe_base + struct.unpack("<I", handle.read(exe_base + 0x3C, 4))[0] + 4
     original = handle.read(machine_at, 2)
     handle.write(machine_at, struct.pack("<H", 0x014C))  # what a WOW64 (i386) exe's header says
@@ -294,7 +294,7 @@ def test_read_of_unmapped_memory_is_a_backend_error(handle: WineProcess) -> None
 def test_busy_process_survives_thousands_of_quiesce_and_resume(target: Target, handle: WineProcess) -> None:
     before = target.wait_calls(0)
     threads = 0
-    for _ in range(2000):
+    for _unused in range(2000):
         quiesced = handle.quiesce()
         threads = len(quiesced.threads)
         assert quiesced.resume() >= 0
@@ -327,7 +327,7 @@ def test_threads_starting_and_exiting_during_quiesce_are_stopped_or_skipped(
 ) -> None:
     assert target.ask("churn") == "churning"
     counts = set()
-    for _ in range(300):
+    for _unused in range(300):
         quiesced = handle.quiesce(with_stacks=True)
         counts.add(len(quiesced.threads))
         quiesced.resume()
@@ -347,7 +347,7 @@ def test_quiesce_stops_every_thread_until_resume(target: Target, handle: WinePro
         assert {int(t) for t in os.listdir(f"/proc/{target.pid}/task")} == {t.tid for t in quiesced.threads}
         assert all(_state(target.pid, t.tid) == "t" for t in quiesced.threads)
         first = handle.read(counter, 8)
-        assert all(handle.read(counter, 8) == first for _ in range(1000))
+        assert all(handle.read(counter, 8) == first for _unused in range(1000))
     finally:
         quiesced.resume()
     while handle.read(counter, 8) == first:
@@ -382,7 +382,7 @@ def test_group_stopped_process_stays_stopped_after_quiesce(target: Target, handl
     try:
         while _state(target.pid, target.pid) != "T":
             os.sched_yield()
-        for _ in range(50):
+        for _unused in range(50):
             handle.quiesce().resume()
             _wait_state(target.pid, True)  # detached tasks pass through "R" on their way back into the group-stop
     finally:
@@ -393,7 +393,7 @@ def test_group_stopped_process_stays_stopped_after_quiesce(target: Target, handl
 
 def _wait_state(pid: int, stopped: bool) -> None:
     """Wait (bounded) until the main thread is in group-stop ("T") or out of it."""
-    for _ in range(1_000_000):
+    for _unused in range(1_000_000):
         if (_state(pid, pid) == "T") == stopped:
             return
         os.sched_yield()
@@ -401,7 +401,7 @@ def _wait_state(pid: int, stopped: bool) -> None:
 
 
 def test_a_stop_signal_sent_as_we_quiesce_is_delivered_not_swallowed(target: Target, handle: WineProcess) -> None:
-    for _ in range(20):
+    for _unused in range(20):
         _ptrace.tgkill(target.pid, target.pid, signal.SIGSTOP)
         handle.quiesce().resume()
         _wait_state(target.pid, True)
@@ -411,7 +411,7 @@ def test_a_stop_signal_sent_as_we_quiesce_is_delivered_not_swallowed(target: Tar
 
 
 def test_a_signal_arriving_during_a_remote_call_is_delivered_after_resume(target: Target, handle: WineProcess) -> None:
-    base, _ = _module(handle, "hp.dll")
+    base, _unused = _module(handle, "hp.dll")
     blob, _code, table = _unwind_blob(handle, base, target.thrower)
     quiesced = handle.quiesce()
     try:
@@ -457,7 +457,7 @@ def test_jump_through_padding_switches_results_and_busy_threads_see_only_old_or_
     target: Target, handle: WineProcess
 ) -> None:
     entry = handle._export("hp.dll", "compute")
-    base, _ = _module(handle, "hp.dll")
+    base, _unused = _module(handle, "hp.dll")
     original = handle.read(entry - 5, 7)
     assert original == b"\xcc" * 5 + b"\x48\x8d"  # padding, then the 8-byte `lea rsp, [rsp]`
     blob = handle.allocate_near(base, len(NEW_COMPUTE))
@@ -495,7 +495,7 @@ def test_no_free_gap_is_a_backend_error_that_allocates_nothing(target: Target, h
 
 
 def test_free_refuses_memory_that_is_not_anonymous(handle: WineProcess) -> None:
-    base, _ = _module(handle, "hp.dll")
+    base, _unused = _module(handle, "hp.dll")
     with pytest.raises(BackendError, match="nothing was freed"):
         handle.free(base, 0x1000)
     assert handle.read(base, 2) == b"MZ"
@@ -534,7 +534,7 @@ def _redirect(handle: WineProcess, entry: int, to: int) -> bytes:
 def test_exception_through_blob_code_is_caught_once_its_function_table_is_registered(
     target: Target, handle: WineProcess
 ) -> None:
-    base, _ = _module(handle, "hp.dll")
+    base, _unused = _module(handle, "hp.dll")
     blob, code, table = _unwind_blob(handle, base, target.thrower)
     assert target.ask(f"lookup {code + 4:x}") == "none"
     quiesced = handle.quiesce()
@@ -545,7 +545,7 @@ def test_exception_through_blob_code_is_caught_once_its_function_table_is_regist
     assert target.ask(f"lookup {code + 4:x}") == f"{base:x} {blob - base:x} {blob - base + 15:x}"
     assert target.ask("guard 7") == "returned 7"
     original = _redirect(handle, handle._export("hp.dll", "guarded"), code)
-    for _ in range(50):
+    for _unused in range(50):
         assert target.ask("guard 7") == "caught 1007"
     quiesced = handle.quiesce()
     handle.write(handle._export("hp.dll", "guarded") - 5, original)
@@ -562,7 +562,7 @@ def test_exception_through_blob_code_is_caught_once_its_function_table_is_regist
 def test_remote_calls_on_every_kind_of_thread_leave_its_registers_as_they_were(
     target: Target, handle: WineProcess
 ) -> None:
-    base, _ = _module(handle, "hp.dll")
+    base, _unused = _module(handle, "hp.dll")
     blob, _code, table = _unwind_blob(handle, base, target.thrower)
     add = handle._export("ntdll.dll", "RtlAddFunctionTable")
     delete = handle._export("ntdll.dll", "RtlDeleteFunctionTable")

@@ -37,7 +37,7 @@ FN_CODE = 18  # lea rax,[rip+rel32] (7) + mov rax, imm64 (10) + ret (1)
 def image_bytes(functions: int, stamp: int) -> bytes:
     """Headers + .text of a fake x64 DLL with ``functions`` hotpatchable functions (CC padding, 5-byte entry)."""
     text = bytearray()
-    for _ in range(functions):
+    for _unused in range(functions):
         text += PADDING + ENTRY + b"\xc3" + b"\xcc" * (SLOT - len(PADDING) - len(ENTRY) - 1)
     size = TEXT_RVA + max(0x1000, -(-len(text) // 0x1000) * 0x1000)
     header = bytearray(0x1000)

@@ -191,13 +191,13 @@ def test_cfg_targets_are_marked_valid_in_the_blob(backend: FakeBackend, tmp_path
     fx = build(tmp_path, cfg=True)
     proc = spawn(backend, fx)
     request = {"package": str(fx.package), "state_dir": str(state_dir), "allow_unsigned": True}
-    code, _ = execute(parse_request("apply", request), backend)
+    code, _unused = execute(parse_request("apply", request), backend)
     assert code == 0 and proc.valid_targets == [proc.blobs()[0].start]
 
 
 def test_journal_records_identity_addresses_and_original_bytes(backend: FakeBackend, fx: Fixture, run: Runner) -> None:
     proc = spawn(backend, fx)
-    _, result = run("apply")
+    _unused, result = run("apply")
     record = json.loads(Path(result["journal"]).read_text())
     (entry,) = record["processes"]
     assert (entry["pid"], entry["start_time"], entry["state"]) == (proc.info.pid, proc.info.start_time, "applied")

@@ -50,7 +50,7 @@ def test_unstage_restores_the_original_and_is_idempotent(fx: Fixture, run: Runne
 
 def test_stage_finds_the_module_path_from_running_processes(backend: FakeBackend, fx: Fixture, run: Runner) -> None:
     spawn(backend, fx)
-    code, _ = run("stage")
+    code, _unused = run("stage")
     assert code == 0 and fx.module_path.read_bytes() == fx.patched_image
 
 
@@ -91,7 +91,7 @@ def test_replacing_another_build_still_refuses_a_file_that_is_no_pe_image(fx: Fi
 def test_processes_keep_running_the_base_image_after_stage(backend: FakeBackend, fx: Fixture, run: Runner) -> None:
     proc = spawn(backend, fx)
     run("stage", module_path=str(fx.module_path))
-    code, _ = run("apply")  # the file on disk is the patched image now; the loaded one is still the base
+    code, _unused = run("apply")  # the file on disk is the patched image now; the loaded one is still the base
     assert code == 0 and set(proc.code().values()) == {"patched"}
 
 
@@ -121,6 +121,6 @@ def test_killed_unstage_is_finished_by_the_next_run(
     with pytest.raises(Killed):
         run("unstage", module_path=str(fx.module_path))
     kill_at(None)
-    code, _ = run("recover")
+    code, _unused = run("recover")
     assert code == 0 and fx.module_path.read_bytes() == fx.base_image
     assert not list((state_dir / "journal").glob("*.json"))

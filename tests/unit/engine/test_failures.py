@@ -116,7 +116,7 @@ def test_a_process_that_cannot_be_opened_is_reported_only_when_named(
     proc = spawn(backend, fx)
     backend.unopenable[proc.info.pid] = "access denied: run as Administrator"
     assert run("apply")[1]["reasons"] == []
-    _, result = run("apply", processes={"pids": [proc.info.pid]})
+    _unused, result = run("apply", processes={"pids": [proc.info.pid]})
     assert "access denied" in result["reasons"][0]
 
 

@@ -90,7 +90,7 @@ def _cli(tmp_path: Path, verb: str, request: Any, env: dict[str, str] | None = N
 
 
 def test_cli_prints_exactly_one_json_document(tmp_path: Path) -> None:
-    code, out, _ = _cli(tmp_path, "status", {"state_dir": str(tmp_path / "s"), "backend": "wine"})
+    code, out, _unused = _cli(tmp_path, "status", {"state_dir": str(tmp_path / "s"), "backend": "wine"})
     assert code == 0 and out.count("\n") == 1
     result = json.loads(out)
     assert result["ok"] and result["verb"] == "status" and result["platform"] == "wine"
@@ -108,13 +108,13 @@ def test_cli_prints_exactly_one_json_document(tmp_path: Path) -> None:
     ],
 )
 def test_cli_reports_bad_input_with_its_exit_code(tmp_path: Path, verb: str, request_doc: Any, kind: str) -> None:
-    code, out, _ = _cli(tmp_path, verb, request_doc)
+    code, out, _unused = _cli(tmp_path, verb, request_doc)
     result = json.loads(out)
     assert (code, result["error"]["kind"], result["ok"]) == ({"request": 2, "package": 3}[kind], kind, False)
 
 
 def test_cli_refuses_an_unsigned_package_without_allow_unsigned(tmp_path: Path, fx: Fixture) -> None:
-    code, out, _ = _cli(tmp_path, "plan", {"package": str(fx.package), "state_dir": str(tmp_path / "s")})
+    code, out, _unused = _cli(tmp_path, "plan", {"package": str(fx.package), "state_dir": str(tmp_path / "s")})
     assert code == 4 and "allow_unsigned" in json.loads(out)["error"]["message"]
 
 
@@ -132,7 +132,7 @@ def test_a_tampered_package_changes_nothing(backend: FakeBackend, fx: Fixture, r
 
 def test_cli_fault_step_exits_99_without_output(tmp_path: Path) -> None:
     # recover with an empty journal meets no step; a step that is met exits 99 (checked with the fake in-process)
-    code, out, _ = _cli(
+    code, out, _unused = _cli(
         tmp_path,
         "recover",
         {"state_dir": str(tmp_path / "s"), "backend": "wine"},

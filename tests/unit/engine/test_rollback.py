@@ -46,7 +46,7 @@ def test_second_rollback_changes_nothing(backend: FakeBackend, fx: Fixture, run:
 
 def test_apply_after_rollback_patches_again(backend: FakeBackend, fx: Fixture, run: Runner) -> None:
     proc = spawn(backend, fx)
-    for _ in range(3):
+    for _unused in range(3):
         assert run("apply")[1]["processes"][0]["result"] == "patched"
         assert run("rollback")[1]["processes"][0]["result"] == "rolled_back"
     assert set(proc.code().values()) == {"base"} and not proc.blobs()

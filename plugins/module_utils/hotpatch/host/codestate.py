@@ -113,7 +113,7 @@ def read_functions(
 
 def patched_bytes(function: PatchedFunction, module_base: int, blob_address: int) -> bytes:
     """Padding + entry as they are once ``function`` is redirected to the blob at ``blob_address``."""
-    _, long_jump, _, short_jump = jump_bytes(function, module_base, blob_address)
+    _unused, long_jump, _unused, short_jump = jump_bytes(function, module_base, blob_address)
     head = function.padding[: len(function.padding) - LONG_JUMP_SIZE]
     return head + long_jump + short_jump + function.entry[len(short_jump) :]
 

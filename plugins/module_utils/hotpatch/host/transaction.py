@@ -202,7 +202,8 @@ class PatchTransaction:
     def journal_intent(self) -> None:
         """Write ahead, before any thread stops: every write of the switch with its original bytes (the fsync
         stays out of the pause)."""
-        assert self.record is not None
+        if self.record is None:  # narrows the type; a bug if it ever holds
+            raise AssertionError("self.record must be set here")
         base = self.target.module.base
         padding: List[JournalWrite] = []
         entries: List[JournalWrite] = []
@@ -223,7 +224,8 @@ class PatchTransaction:
     def switch(self, quiesced: Quiesced) -> None:
         """Write every long jump into its padding, then every short jump over its entry, then flush. Threads
         are stopped; on any failure every byte written so far is restored before resuming."""
-        assert self.record is not None
+        if self.record is None:  # narrows the type; a bug if it ever holds
+            raise AssertionError("self.record must be set here")
         handle, base = self.target.handle, self.target.module.base
         writes = self.record.writes
         first_padding, first_entry = writes[0], writes[len(writes) // 2]
@@ -253,7 +255,8 @@ class PatchTransaction:
 
     def complete(self) -> None:
         """Complete the journal record: the process runs this package's code."""
-        assert self.record is not None
+        if self.record is None:  # narrows the type; a bug if it ever holds
+            raise AssertionError("self.record must be set here")
         self.journal.touch(self.record, "applied")
         self.journal.save(self.file)
         fault_point("apply_after_journal")

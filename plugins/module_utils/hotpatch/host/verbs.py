@@ -315,7 +315,8 @@ class Engine:
         )
 
     def _load_package(self) -> None:
-        assert self.request.package is not None
+        if self.request.package is None:  # narrows the type; a bug if it ever holds
+            raise AssertionError("self.request.package must be set here")
         package = read_package(self.request.package)
         trust = check_trust(package, self.request.allow_unsigned, self.request.trusted_keys)
         manifest = package.manifest
@@ -345,7 +346,8 @@ class Engine:
 
     def _ref(self) -> PackageRef:
         self._package()
-        assert self.ref is not None
+        if self.ref is None:  # narrows the type; a bug if it ever holds
+            raise AssertionError("self.ref must be set here")
         return self.ref
 
 
