@@ -7,7 +7,7 @@ leaked handles), so a passing apply/verify/rollback shows the engine and the bac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.base import Backend
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.windows import WindowsBackend
@@ -29,7 +29,7 @@ def test_apply_verify_rollback_through_the_windows_backend(fx: Fixture, state_di
     kernel.add_process(4242, MODULE, BASE, fx.base_image, threads=3)
     # cast: the backends' Quiesced classes declare ``threads`` as a list, which the Protocol's mutable
     # Sequence attribute does not accept under mypy (base.py could make it a read-only property)
-    backend = cast(Backend, WindowsBackend(api=kernel))
+    backend: Backend = WindowsBackend(api=kernel)
 
     code, result = _run(backend, fx, state_dir, "apply")
     assert code == 0 and result["platform"] == "windows", result

@@ -62,8 +62,11 @@ class ThreadState:
 class Quiesced(Protocol):
     """Every thread of the process stopped; ``threads`` reflects their state at the moment of stopping."""
 
-    threads: Sequence[ThreadState]
     pause_started_ns: int
+
+    @property
+    def threads(self) -> Sequence[ThreadState]:
+        """The stopped threads (read-only for callers: a backend may keep them in a list)."""
 
     def resume(self) -> int:
         """Resume every thread stopped by ``quiesce``; returns the pause length in microseconds."""
