@@ -31,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import conftest  # noqa: E402,F401  # pylint: disable=unused-import  (makes the collection importable)
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import (  # noqa: E402
     parse_request,
 )

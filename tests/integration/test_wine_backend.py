@@ -364,6 +364,11 @@ def test_stacks_hold_return_addresses_including_windows_side_of_blocked_threads(
     target: Target, handle: WineProcess
 ) -> None:
     exe_base, exe_size = _module(handle, EXE_NAME.lower())
+    # The premise: the main thread sleeps in fgets. On a loaded machine it may still be on its way there.
+    for _attempt in range(1_000_000):
+        if _state(target.pid, target.pid) == "S":
+            break
+        os.sched_yield()
     quiesced = handle.quiesce(with_stacks=True)
     try:
         threads = list(quiesced.threads)
