@@ -263,6 +263,7 @@ def test_the_signed_rollout_runs_at_vvv_and_patches_the_host(signed_run: SignedR
     assert entry["result"] == "hotpatched" and not entry.get("allow_unsigned"), entry
     checks = {(c["phase"], c["name"]): c["ok"] for c in entry["health"]}
     assert checks[("pre", "status page")] is True, entry["health"]  # the password really went to the page
+    assert checks[("post", "status page")] is True and checks[("post", "VERSION is the fix")] is True, checks
 
 
 HTTP_NEEDLE = "health check url_password"
@@ -285,11 +286,6 @@ def test_no_winrm_password_or_signing_key_appears_in_any_output_report_journal_o
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="roles/hotpatch/tasks/facts.yml 'Facts | platform and marker path' copies hotpatch_health_checks "
-    "(url_password included) into set_fact results: printed at -v, in ansible.log and in the AWX job events",
-)
 def test_no_health_check_password_appears_in_any_output_report_or_artifact(
     signed_run: SignedRun, secrets: Secrets
 ) -> None:
