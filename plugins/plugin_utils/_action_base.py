@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Verbs that change the host: they need the persistent engine directory (with its restricted ACL on Windows).
-CHANGING_VERBS = frozenset({"apply", "rollback", "stage", "unstage", "recover"})
+CHANGING_VERBS = frozenset({"apply", "rollback", "stage", "unstage", "recover", "kb_install"})
 
 # Engine exit codes (errors.py) -> what failed as a whole.
 EXIT_KINDS = {
