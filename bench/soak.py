@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-import conftest  # noqa: E402,F401  (makes ansible_collections.rebootless.windows importable)
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import (  # noqa: E402
     BuildRequest,
     build,

@@ -114,8 +114,8 @@ def test_a_second_engine_fails_cleanly_or_waits_while_the_first_holds_the_lock(
 
     racing = [engine.spawn("rollback"), engine.spawn("rollback")]
     results = [engine.finish(p) for p in racing]
-    assert [code for code, _ in results] == [0, 0], results
-    assert sorted(r["changed"] for _, r in results) == [False, True], results
+    assert [code for code, _unused in results] == [0, 0], results
+    assert sorted(r["changed"] for _unused, r in results) == [False, True], results
     assert int(busy.request(f"call case_entry {pair.x}")) == pair.base_result
     assert journal_records(state) == []
     stats = busy.stats()
@@ -165,7 +165,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 def apply_task_outcome(output: str) -> str:
     """The first status word printed after the role's apply task ("changed", "ok", "fatal", "skipping")."""
-    _, found, rest = output.partition(APPLY_TASK)
+    _unused, found, rest = output.partition(APPLY_TASK)
     assert found, output[-3000:]
     match = re.search(r"^(changed|ok|fatal|skipping|failed): \[", rest, re.M)
     assert match, rest[:2000]

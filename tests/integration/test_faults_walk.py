@@ -163,7 +163,7 @@ def test_a_kill_at_each_process_step_loses_nothing_and_any_next_run_settles_both
         assert code == 0 and [p["result"] for p in result["processes"]] == ["patched", "patched"], result
     calls = [b.proc.stats().calls for b in busy]
 
-    code, _ = engine(verb, fault=step, processes={"pids": pids}) if verb == "apply" else engine(verb, fault=step)
+    code, _unused = engine(verb, fault=step, processes={"pids": pids}) if verb == "apply" else engine(verb, fault=step)
     assert code == 99, f"the engine did not die at {step}"
 
     # The targets run on, only ever old or new code, and the journal still holds the killed run's intent.

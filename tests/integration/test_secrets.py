@@ -1,8 +1,9 @@
 """Secrets never reach output: WinRM passwords in the inventory and the signing key in REBOOTLESS_SIGNING_KEY.
 
 One private demo host (its own fleet root and port) gets ``ansible_password`` / ``ansible_winrm_password`` (and a
-become password) in its inventory and an http health check reading a status page with ``url_password``; a fresh Ed25519 key signs the demo package through the signing command line
-with the key only in REBOOTLESS_SIGNING_KEY; the rollout (playbooks/hotpatch.yml, signed package, trusted public
+become password) in its inventory and an http health check reading a status page with ``url_password``; a fresh
+Ed25519 key signs the demo package through the signing command line with the key only in
+REBOOTLESS_SIGNING_KEY; the rollout (playbooks/hotpatch.yml, signed package, trusted public
 key, unsigned refused) runs under ansible-runner at -vvv with that variable in its environment and remote files
 kept. Then every byte the run left is searched for each secret: the runner's stdout and job events, the report
 files (JSON, Markdown, HTML, JUnit), the host's engine folder (zipapp cache, journal, state, rollout markers),

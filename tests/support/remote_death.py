@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-import conftest  # noqa: F401  (makes ansible_collections.rebootless.windows importable)
+import conftest  # noqa: F401  # pylint: disable=unused-import
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _ptrace
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.wine import WineBackend
 
