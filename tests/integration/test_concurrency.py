@@ -209,16 +209,6 @@ def test_two_playbook_runs_at_once_patch_the_host_once_and_only_one_reports_chan
     assert load.sent > 0 and load.failed == 0, load.targets[host].failures
 
 
-READER_RACE = (
-    "verify and plan take no host lock and index only 'applied' journal records: read while another engine is "
-    "between the switch and its journal's completion (or after one died there), the jumps it wrote are called "
-    "'a jump this engine did not journal (another package or tool?)' and the process refused (exit 1); measured "
-    "racing an apply/rollback loop: 3 of 28 verify and 4 of 28 plan runs; the role's decide step (plan) would send "
-    "the host to the cold path"
-)
-
-
-@pytest.mark.xfail(reason=READER_RACE, strict=True)
 @pytest.mark.parametrize("verb", ["verify", "plan"])
 def test_a_reader_during_an_unfinished_apply_does_not_blame_another_tool(
     pair: FixturePair, busy: WineProcess, tmp_path: Path, verb: str

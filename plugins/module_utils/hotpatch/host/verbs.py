@@ -115,6 +115,8 @@ class Engine:
                     )
                     code = code_of(views)
                     reason = describe_other(views) if code == "unknown" else None
+                    if record is not None and record.state != "applied" and reason is None:
+                        reason = f"journal record {record.state}: an engine is at work or was interrupted; the next run settles it"
                 proc.code_before = proc.code_after = code
                 proc.result = {"patched": "patched", "base": "not_patched"}.get(code, "refused")
                 proc.reason = reason
@@ -294,10 +296,16 @@ class Engine:
                 target.handle.close()
 
     def _applied_index(self) -> Dict[Tuple[int, str], ProcessRecord]:
+        """Journaled processes whose blob this package's jumps may point at, by (pid, start_time).
+
+        Unfinished records ("switching", "rolling_back") count too: a reader (verify, plan) running while another
+        engine is between its first jump and its completed record, or after one was killed there, must recognise
+        those jumps as this package's, not as another tool's. Writers recover such records before they look.
+        """
         index = {}
         for record_file in self.journal.applies(self._ref().key):
             for record in record_file.processes:
-                if record.state == "applied":
+                if record.state in ("applied", "switching", "rolling_back"):
                     index[(record.pid, record.start_time)] = record
         return index
 
