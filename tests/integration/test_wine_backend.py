@@ -379,7 +379,9 @@ def test_stacks_hold_return_addresses_including_windows_side_of_blocked_threads(
     main = next(t for t in threads if t.tid == target.pid)
     assert not exe_base <= main.rip < exe_base + exe_size
     assert any(exe_base <= a < exe_base + exe_size for a in main.stack)
-    assert all(t.stack for t in threads)
+    # Every thread's stack yields return addresses, except perhaps the one brief thread the churner (started by an
+    # earlier test on this module-scoped target) has alive at a time: caught at its birth, its stack holds none yet.
+    assert sum(1 for t in threads if not t.stack) <= 1, [(t.tid, len(t.stack)) for t in threads]
 
 
 def test_group_stopped_process_stays_stopped_after_quiesce(target: Target, handle: WineProcess) -> None:
