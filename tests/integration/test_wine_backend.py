@@ -192,8 +192,11 @@ class Target:
     def tracers(self) -> set[int]:
         found: set[int] = set()
         for tid in os.listdir(f"/proc/{self.pid}/task"):
-            with open(f"/proc/{self.pid}/task/{tid}/status") as handle:
-                found.update(int(line.split()[1]) for line in handle if line.startswith("TracerPid:"))
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/status") as handle:
+                    found.update(int(line.split()[1]) for line in handle if line.startswith("TracerPid:"))
+            except FileNotFoundError:  # a brief thread of the churner ended since the listing: it has no tracer
+                continue
         return found
 
     def stop(self) -> None:
