@@ -20,18 +20,21 @@ __all__ = [
     "cont",
     "detach",
     "get_regs",
+    "get_sigmask",
     "get_xstate",
     "interrupt",
     "seize",
     "set_regs",
     "set_xstate",
     "singlestep",
+    "syscall",
     "task_state",
     "tgkill",
     "wait_stop",
 ]
 
 PTRACE_CONT = 7
+PTRACE_SYSCALL = 24
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
@@ -42,6 +45,9 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_O_TRACESYSGOOD = 0x1
+SYSCALL_STOP = 0x80 | 5  # SIGTRAP | 0x80: the WSTOPSIG of a syscall-entry or -exit stop under TRACESYSGOOD
 NT_X86_XSTATE = 0x202
 EVENT_STOP = 128  # PTRACE_EVENT_STOP: interrupt or group-stop under PTRACE_SEIZE
 
@@ -89,8 +95,10 @@ def _ptrace(request: int, tid: int, addr: int, data: Optional[object], what: str
 
 
 def seize(tid: int) -> None:
-    """PTRACE_SEIZE without options: the task keeps running until interrupted."""
-    _ptrace(PTRACE_SEIZE, tid, 0, None, "PTRACE_SEIZE")
+    """PTRACE_SEIZE with TRACESYSGOOD: the task keeps running until interrupted. Syscall stops then report
+    SIGTRAP|0x80, which the kernel cannot send as a signal: a tracer that dies while its tracee sits in one leaves
+    no stray SIGTRAP behind (it would be delivered on detach and kill a Wine process)."""
+    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD, "PTRACE_SEIZE")
 
 
 def interrupt(tid: int) -> None:
@@ -99,6 +107,11 @@ def interrupt(tid: int) -> None:
 
 def cont(tid: int, sig: int = 0) -> None:
     _ptrace(PTRACE_CONT, tid, 0, sig, "PTRACE_CONT")
+
+
+def syscall(tid: int, sig: int = 0) -> None:
+    """PTRACE_SYSCALL: resume until the next system-call entry or exit (or signal)."""
+    _ptrace(PTRACE_SYSCALL, tid, 0, sig, "PTRACE_SYSCALL")
 
 
 def singlestep(tid: int, sig: int = 0) -> None:
@@ -146,6 +159,13 @@ def set_xstate(tid: int, state: Tuple[bool, bytes]) -> None:
         _ptrace(PTRACE_SETFPREGS, tid, 0, ctypes.addressof(buf), "PTRACE_SETFPREGS")
 
 
+def get_sigmask(tid: int) -> int:
+    """The task's blocked-signal mask (bit N-1 for signal N), as the 8-byte kernel sigset_t."""
+    mask = ctypes.c_uint64(0)
+    _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask), "PTRACE_GETSIGMASK")
+    return int(mask.value)
+
+
 def tgkill(tgid: int, tid: int, sig: int) -> None:
     """Send ``sig`` to one thread (re-delivers a signal that arrived while we held the thread)."""
     ctypes.set_errno(0)
@@ -166,7 +186,12 @@ class WaitResult:
     @property
     def signal_delivery(self) -> bool:
         """A signal-delivery-stop (the signal is held; pass it on when resuming or it is lost)."""
-        return self.stopped and self.event == 0
+        return self.stopped and self.event == 0 and self.sig != SYSCALL_STOP
+
+    @property
+    def syscall_stop(self) -> bool:
+        """A syscall-entry or -exit stop (only after PTRACE_SYSCALL); no signal is held."""
+        return self.stopped and self.event == 0 and self.sig == SYSCALL_STOP
 
 
 def task_state(tid: int) -> str:
