@@ -4,7 +4,10 @@ restart, verify). Reads as its steps: facts -> open the KB -> classify -> instal
 ``KbRequest`` is parsed strictly from the request document (keys in ``KB_KEYS``); ``run_kb`` returns
 (exit code, result dict). Exit codes follow the engine's (errors.py): 0 done (including already installed and
 not applicable), 1 the install failed (reason in ``reasons``), 2 bad request, 3 the KB is not a cabinet or
-cannot be opened, 7 the registry or a tool could not be used.
+cannot be opened, 6 another engine run holds the host lock, 7 the registry or a tool could not be used.
+
+``kb_install`` changes the host, so it holds the same host-wide lock as apply and rollback (host/lock.py, under
+``state_dir``) from its first facts to its last: an engine patching processes and a KB install never overlap.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import ENGINE_VERSION
 from ..errors import EngineError, RequestError
+from ..host.lock import HostLock
+from ..host.request import default_state_dir
 from .cabinet import Extractor, default_extractor, open_kb
 from .classify import Classification, classify_files, installed_lookup
 from .dism import dism_add_package_argv, outcome_of
@@ -26,17 +31,19 @@ from .facts import OsUpdateFacts, osupdate_facts
 from .registry import Registry
 from .runner import Runner, system_tool
 
-__all__ = ["KB_KEYS", "KB_VERBS", "KbRequest", "KbTools", "parse_kb_request", "run_kb"]
+__all__ = ["KB_CHANGING_VERBS", "KB_KEYS", "KB_VERBS", "KbRequest", "KbTools", "parse_kb_request", "run_kb"]
 
 KB_VERBS = ("kb_classify", "kb_install")
-KB_KEYS = ("path", "system_dirs", "log_path", "timeout_s", "arch", "state_dir")
+KB_CHANGING_VERBS = ("kb_install",)  # these hold the host lock
+KB_KEYS = ("path", "system_dirs", "log_path", "timeout_s", "arch", "state_dir", "lock_timeout_s")
 
 
 @dataclass(frozen=True)
 class KbRequest:
     """``path``: the .msu/.cab on the host; ``system_dirs``: where installed files are looked up (default
     %SystemRoot%\\System32); ``log_path``: DISM's /LogPath; ``timeout_s``: DISM's limit; ``arch``: overrides
-    ``platform.machine()`` (tests)."""
+    ``platform.machine()`` (tests); ``state_dir``: where the host lock lives (default as for the other verbs);
+    ``lock_timeout_s``: how long ``kb_install`` waits for another engine run to release the lock."""
 
     verb: str
     path: str
@@ -44,6 +51,8 @@ class KbRequest:
     log_path: Optional[str] = None
     timeout_s: float = 7200.0
     arch: Optional[str] = None
+    state_dir: str = ""
+    lock_timeout_s: float = 30.0
 
 
 @dataclass
@@ -80,7 +89,15 @@ def parse_kb_request(verb: str, data: Any) -> KbRequest:
     arch = data.get("arch")
     if arch is not None and arch not in ("AMD64", "ARM64", "amd64", "arm64", "x86_64", "aarch64"):
         raise RequestError("arch must be AMD64 or ARM64")
-    return KbRequest(verb, path, tuple(dirs), log_path, float(timeout), arch)
+    state_dir = data.get("state_dir")
+    if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
+        raise RequestError("state_dir must be a non-empty string")
+    lock_timeout = data.get("lock_timeout_s", 30.0)
+    if not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool) or not 0 <= lock_timeout <= 86400:
+        raise RequestError("lock_timeout_s must be a number of seconds from 0 to 86400")
+    return KbRequest(
+        verb, path, tuple(dirs), log_path, float(timeout), arch, state_dir or default_state_dir(), float(lock_timeout)
+    )
 
 
 @dataclass
@@ -118,7 +135,11 @@ def run_kb(request: KbRequest, tools: KbTools) -> Tuple[int, Dict[str, Any]]:
     """Run ``kb_classify`` or ``kb_install``; errors of the whole verb become ``error`` and their exit code."""
     result = KbResult(request.verb)
     try:
-        code = _run(request, tools, result)
+        if request.verb in KB_CHANGING_VERBS:
+            with HostLock(request.state_dir or default_state_dir(), request.lock_timeout_s):
+                code = _run(request, tools, result)
+        else:
+            code = _run(request, tools, result)
     except EngineError as exc:
         result.error = {"kind": exc.kind, "message": str(exc)}
         code = exc.exit_code
