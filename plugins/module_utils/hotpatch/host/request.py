@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..errors import RequestError
+from ..fields import known_verb, opt_str, request_object, seconds, strings, whole, yes_no
 
 __all__ = ["CHANGING_VERBS", "VERBS", "Request", "default_state_dir", "load_request", "parse_request"]
 
@@ -76,74 +77,39 @@ def load_request(verb: str, path: str) -> Request:
 
 def parse_request(verb: str, data: Any) -> Request:
     """Validate a decoded request for ``verb``; raises RequestError naming the first bad key."""
-    if verb not in VERBS:
-        raise RequestError(f"unknown verb {verb!r}: use one of {', '.join(VERBS)}")
-    if not isinstance(data, dict):
-        raise RequestError("the request must be a JSON object")
-    unknown = sorted(set(data) - set(_KEYS))
-    if unknown:
-        raise RequestError(f"unknown request keys {', '.join(unknown)}: the engine accepts {', '.join(_KEYS)}")
-    package = _opt_str(data, "package")
+    known_verb(verb, VERBS)
+    data = request_object(data, _KEYS, "the engine")
+    package = opt_str(data, "package")
     if verb in _NEEDS_PACKAGE and not package:
         raise RequestError(f"verb {verb} needs 'package' (path of the hotpatch package on this host)")
-    backend = _opt_str(data, "backend") or "auto"
+    backend = opt_str(data, "backend") or "auto"
     if backend not in ("auto", "windows", "wine"):
         raise RequestError(f"backend {backend!r} is not one of auto, windows, wine")
-    state = _opt_str(data, "state") or "present"
+    state = opt_str(data, "state") or "present"
     if state not in ("present", "absent"):
         raise RequestError(f"state {state!r} is not one of present, absent")
     names, pids = _processes(data.get("processes"))
-    keys = data.get("trusted_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-        raise RequestError("trusted_keys must be a list of non-empty strings (base64 public keys)")
+    keys = strings(
+        data.get("trusted_keys", []), "trusted_keys must be a list of non-empty strings (base64 public keys)"
+    )
     return Request(
         verb=verb,
         package=package,
-        state_dir=_opt_str(data, "state_dir") or default_state_dir(),
+        state_dir=opt_str(data, "state_dir") or default_state_dir(),
         backend=backend,
-        module=_opt_str(data, "module"),
+        module=opt_str(data, "module"),
         names=names,
         pids=pids,
         state=state,
-        activeness_check=_bool(data, "activeness_check", False),
-        retries=_int(data, "retries", 5, 0, 1000),
-        retry_delay_ms=_int(data, "retry_delay_ms", 20, 0, 60000),
-        lock_timeout_s=float(_int_or_float(data, "lock_timeout_s", 30.0)),
-        allow_unsigned=_bool(data, "allow_unsigned", False),
-        trusted_keys=tuple(keys),
-        module_path=_opt_str(data, "module_path"),
-        replace_other_build=_bool(data, "replace_other_build", False),
+        activeness_check=yes_no(data, "activeness_check", False),
+        retries=whole(data, "retries", 5, 0, 1000),
+        retry_delay_ms=whole(data, "retry_delay_ms", 20, 0, 60000),
+        lock_timeout_s=seconds(data, "lock_timeout_s", 30.0, 0, 86400),
+        allow_unsigned=yes_no(data, "allow_unsigned", False),
+        trusted_keys=keys,
+        module_path=opt_str(data, "module_path"),
+        replace_other_build=yes_no(data, "replace_other_build", False),
     )
-
-
-def _opt_str(data: Dict[str, Any], key: str) -> Optional[str]:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise RequestError(f"{key} must be a non-empty string")
-    return value
-
-
-def _bool(data: Dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise RequestError(f"{key} must be true or false")
-    return value
-
-
-def _int(data: Dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise RequestError(f"{key} must be an integer from {low} to {high}")
-    return value
-
-
-def _int_or_float(data: Dict[str, Any], key: str, default: float) -> float:
-    value = data.get(key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 86400:
-        raise RequestError(f"{key} must be a number of seconds from 0 to 86400")
-    return float(value)
 
 
 def _processes(raw: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
@@ -151,10 +117,8 @@ def _processes(raw: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
         return (), ()
     if not isinstance(raw, dict) or set(raw) - {"names", "pids"}:
         raise RequestError("processes must be an object with optional 'names' and 'pids' lists")
-    names: List[str] = raw.get("names") or []
+    names = strings(raw.get("names") or [], "processes.names must be a list of executable names (e.g. appsvc.exe)")
     pids: List[int] = raw.get("pids") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise RequestError("processes.names must be a list of executable names (e.g. appsvc.exe)")
     if not isinstance(pids, list) or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in pids):
         raise RequestError("processes.pids must be a list of positive integers")
-    return tuple(names), tuple(pids)
+    return names, tuple(pids)

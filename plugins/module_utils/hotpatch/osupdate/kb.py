@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import ENGINE_VERSION
 from ..errors import EngineError, RequestError
+from ..fields import known_verb, opt_str, request_object, seconds, strings
 from ..host.lock import HostLock
 from ..host.request import default_state_dir
 from .cabinet import Extractor, default_extractor, open_kb
@@ -67,37 +68,20 @@ class KbTools:
 
 def parse_kb_request(verb: str, data: Any) -> KbRequest:
     """Validate a decoded request; raises RequestError naming the first bad key."""
-    if verb not in KB_VERBS:
-        raise RequestError(f"unknown verb {verb!r}: use one of {', '.join(KB_VERBS)}")
-    if not isinstance(data, dict):
-        raise RequestError("the request must be a JSON object")
-    unknown = sorted(set(data) - set(KB_KEYS))
-    if unknown:
-        raise RequestError(f"unknown request keys {', '.join(unknown)}: {verb} accepts {', '.join(KB_KEYS)}")
+    known_verb(verb, KB_VERBS)
+    data = request_object(data, KB_KEYS, verb)
     path = data.get("path")
     if not isinstance(path, str) or not path:
         raise RequestError(f"{verb} needs 'path': the .msu or .cab file on this host")
-    dirs = data.get("system_dirs") or []
-    if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
-        raise RequestError("system_dirs must be a list of directories on the host")
-    log_path = data.get("log_path")
-    if log_path is not None and (not isinstance(log_path, str) or not log_path):
-        raise RequestError("log_path must be a non-empty string")
-    timeout = data.get("timeout_s", 7200)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
-        raise RequestError("timeout_s must be a number of seconds from 1 to 86400")
+    dirs = strings(data.get("system_dirs") or [], "system_dirs must be a list of directories on the host")
+    log_path = opt_str(data, "log_path")
+    timeout = seconds(data, "timeout_s", 7200, 1, 86400)
     arch = data.get("arch")
     if arch is not None and arch not in ("AMD64", "ARM64", "amd64", "arm64", "x86_64", "aarch64"):
         raise RequestError("arch must be AMD64 or ARM64")
-    state_dir = data.get("state_dir")
-    if state_dir is not None and (not isinstance(state_dir, str) or not state_dir):
-        raise RequestError("state_dir must be a non-empty string")
-    lock_timeout = data.get("lock_timeout_s", 30.0)
-    if not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool) or not 0 <= lock_timeout <= 86400:
-        raise RequestError("lock_timeout_s must be a number of seconds from 0 to 86400")
-    return KbRequest(
-        verb, path, tuple(dirs), log_path, float(timeout), arch, state_dir or default_state_dir(), float(lock_timeout)
-    )
+    state_dir = opt_str(data, "state_dir") or default_state_dir()
+    lock_timeout = seconds(data, "lock_timeout_s", 30.0, 0, 86400)
+    return KbRequest(verb, path, dirs, log_path, timeout, arch, state_dir, lock_timeout)
 
 
 @dataclass
