@@ -2,9 +2,11 @@
 """Sign hotpatch packages with Ed25519 (``cryptography``), generate keys, check signatures before transfer.
 
 Signing is a separate step from building on purpose: a pipeline can build where the code is and sign where the
-key is. The private key comes from a PEM file (PKCS#8, unencrypted or with a passphrase from
-REBOOTLESS_SIGNING_KEY_PASSPHRASE) or from the environment variable REBOOTLESS_SIGNING_KEY (the PEM text itself);
-it is never logged, never written into the package, and errors never quote it.
+key is. The private key is a PEM file (PKCS#8, unencrypted or with a passphrase from
+REBOOTLESS_SIGNING_KEY_PASSPHRASE), named by ``--key`` or by REBOOTLESS_SIGNING_KEY_FILE (a path: safe in an
+environment that ansible-runner or AWX records), or, last, the PEM text itself in REBOOTLESS_SIGNING_KEY (which
+ansible-runner copies into its artifacts: see docs/builder.md, "Keeping the signing key out of job artifacts").
+The key is never logged, never written into the package, and errors never quote it.
 
 Command line (build pipelines)::
 
@@ -39,18 +41,21 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.signat
     verify_manifest,
 )
 
-__all__ = ["KEY_ENV", "generate_keypair", "load_private_key", "public_key_text", "sign_package"]
+__all__ = ["KEY_ENV", "KEY_FILE_ENV", "generate_keypair", "load_private_key", "public_key_text", "sign_package"]
 
 KEY_ENV = "REBOOTLESS_SIGNING_KEY"
+KEY_FILE_ENV = "REBOOTLESS_SIGNING_KEY_FILE"
 PASSPHRASE_ENV = "REBOOTLESS_SIGNING_KEY_PASSPHRASE"
 
 
 def load_private_key(path: str | None = None) -> Ed25519PrivateKey:
-    """The signing key from ``path`` (PEM file) or, without a path, from $REBOOTLESS_SIGNING_KEY.
+    """The signing key from ``path`` (PEM file), else the file $REBOOTLESS_SIGNING_KEY_FILE names, else the PEM
+    text in $REBOOTLESS_SIGNING_KEY.
 
     Raises SignatureError naming the source (never the key) when it is missing, unreadable or not Ed25519.
     """
     _require_cryptography()
+    path = path or os.environ.get(KEY_FILE_ENV)
     if path:
         try:
             pem = Path(path).read_bytes()
@@ -61,7 +66,7 @@ def load_private_key(path: str | None = None) -> Ed25519PrivateKey:
         pem = os.environ[KEY_ENV].encode()
         source = f"${KEY_ENV}"
     else:
-        raise SignatureError(f"no signing key: give a key file or set ${KEY_ENV}")
+        raise SignatureError(f"no signing key: give a key file (--key or ${KEY_FILE_ENV}) or set ${KEY_ENV}")
     passphrase = os.environ.get(PASSPHRASE_ENV)
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase.encode() if passphrase else None)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     keygen = verbs.add_parser("keygen", help="create an Ed25519 key pair")
     keygen.add_argument("--out", required=True, help="folder for signing-key.pem and signing-key.pub")
     sign = verbs.add_parser("sign", help="add manifest.sig to a package, in place or to --out")
-    sign.add_argument("--key", help=f"PEM private key file (default: ${KEY_ENV})")
+    sign.add_argument("--key", help=f"PEM private key file (default: ${KEY_FILE_ENV}, then the PEM text in ${KEY_ENV})")
     sign.add_argument("--out", help="write the signed package here instead of in place")
     sign.add_argument("package")
     verify = verbs.add_parser("verify", help="check a package's signature against trusted public keys")
