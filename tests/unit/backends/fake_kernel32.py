@@ -1,15 +1,24 @@
 """A strict fake of the kernel32/kernelbase calls the Windows backend makes (no Windows runs here).
 
-It models one machine: processes with modules, memory regions (state, protection, bytes) and threads (suspend
-counts, contexts). It is strict where Windows is lenient, so mistakes in the backend fail loudly:
-- every handle must be closed (``assert_no_leaks``), and calls need the access rights the handle was opened with;
-- code (executable pages) may be written only while every thread of the process is suspended;
+It models one machine: processes with modules, memory regions (state, protection, bytes), threads ("running" or
+"frozen", contexts) and the debug API (a debug object per calling Python thread, a queue of debug events per
+debuggee). It is strict where Windows is lenient, so mistakes in the backend fail loudly:
+- every handle must be closed (``assert_no_leaks``), calls need the access rights the handle was opened with, and
+  handles that debug events carry follow Windows: file handles are the debugger's to close, thread and process
+  handles the system's (closed by DebugActiveProcessStop or by continuing their exit event: closing one is an error);
+- threads are frozen exactly while a debug event raised by a live thread (the injected break-in thread's creation or
+  breakpoint) is reported and not yet continued; code (executable pages) may be written only while every thread is
+  frozen, and GetThreadContext of a running thread is an error (it also needs a 16-byte aligned CONTEXT);
+- WaitForDebugEvent / ContinueDebugEvent / DebugActiveProcessStop / DebugSetProcessKillOnExit must come from the
+  Python thread that owns the debug object (the one that attached); an INFINITE wait is an error (it could hang);
+- the engine's death (``die_before_call``, then ``engine_dies``) or the debugger thread's exit
+  (``debugger_thread_exits``) closes the debug object: each debuggee is detached and runs on, or is killed when the
+  object was still kill-on-exit (the default until DebugSetProcessKillOnExit(FALSE));
 - WriteProcessMemory into a non-writable page fails (the backend must change the protection itself);
 - executable protection fails with ERROR_DYNAMIC_CODE_BLOCKED in a process that prohibits dynamic code;
-- GetThreadContext needs a suspended thread and a 16-byte aligned CONTEXT;
-- CreateRemoteThread refuses while any thread of the target is suspended (loader-lock deadlock), and "runs"
-  only the known stub calling ntdll!RtlAddFunctionTable / RtlDeleteFunctionTable, recording the table;
-- ResumeThread on a thread that is not suspended is an error.
+- CreateRemoteThread refuses while the target is attached or frozen (its CREATE_THREAD event would freeze the new
+  thread; loader-lock deadlock), and "runs" only the known stub calling ntdll!RtlAddFunctionTable /
+  RtlDeleteFunctionTable, recording the table.
 Pointers arrive as ctypes objects (byref, c_void_p, buffers) or ints, exactly as the backend passes them.
 """
 
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +34,23 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backen
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.windows import remote_call_stub
 
 NTDLL_BASE = 0x7FFB_0000_0000
-NTDLL_EXPORTS = {"RtlAddFunctionTable": 0x1000, "RtlDeleteFunctionTable": 0x2000}
+NTDLL_EXPORTS = {
+    "RtlAddFunctionTable": 0x1000,
+    "RtlDeleteFunctionTable": 0x2000,
+    "DbgBreakPoint": 0x3000,
+    "DbgUiRemoteBreakin": 0x3100,
+}
+BREAKIN_TID_BASE = 9000  # ids of the threads the system injects at attach
+BREAKIN_STACK = 0x7F_0000  # where the injected thread's stack lives while it exists
 ERROR_NOACCESS = 998
+THREAD_GET_CONTEXT = 0x0008
+DEBUG_THREAD_ACCESS = 0x0002 | 0x0008 | 0x0010  # SUSPEND_RESUME | GET_CONTEXT | SET_CONTEXT, as debug events give
+INFINITE = 0xFFFFFFFF
+STATUS_ACCESS_DENIED = -0x3FFFFFDE  # 0xC0000022 as the signed NTSTATUS ctypes returns
+
+
+class EngineKilled(BaseException):
+    """The engine's process died (the job object of a WinRM shell, OOM, a crash): nothing of it runs any more."""
 
 
 class StrictnessError(AssertionError):
@@ -47,7 +72,33 @@ class Thread:
     tid: int
     rip: int
     rsp: int
-    suspended: int = 0
+    start: int = 0  # start address, as CREATE_THREAD reports it
+    state: str = "running"  # running | frozen
+
+
+@dataclass
+class DebugEvent:
+    """One debug event as the kernel queues it; ``live`` events are raised by a running thread and freeze the
+    whole process until continued (attach-time messages about existing threads and modules do not)."""
+
+    code: int
+    tid: int
+    live: bool = False
+    start: int = 0
+    exception_code: int = 0
+    address: int = 0
+    module: int = 0  # LOAD_DLL: base of the module
+    with_file: bool = True
+
+
+@dataclass
+class DebugPort:
+    """A process attached to a debug object: its pending events, the one reported and not yet continued."""
+
+    owner: int  # threading.get_ident() of the debugger thread
+    queue: list[DebugEvent]
+    reported: DebugEvent | None = None
+    system_handles: set[int] = field(default_factory=set)  # thread/process handles the debug events carried
 
 
 @dataclass
@@ -66,6 +117,13 @@ class Process:
     tables: dict[int, tuple[int, int]] = field(default_factory=dict)  # table -> (count, base)
     valid_call_targets: set[int] = field(default_factory=set)
     deny_open: int = 0  # Win32 error OpenProcess fails with, or 0
+    deny_debug: int = 0  # Win32 error DebugActiveProcess fails with, or 0
+    other_debugger: bool = False  # attached to a debugger outside the engine
+    breakin_stalls: bool = False  # the injected thread never reaches its breakpoint (loader lock held)
+    attach_extra: list[DebugEvent] = field(default_factory=list)  # events raised during the attach, before it
+    debug: DebugPort | None = None
+    alive: bool = True
+    continued: list[tuple[int, int, int]] = field(default_factory=list)  # (event code, tid, continue status)
 
 
 def _address(arg: Any) -> int:
@@ -102,10 +160,17 @@ class FakeKernel32:
         self.handles: dict[int, tuple[str, int, int]] = {}  # handle -> (kind, id, access)
         self.snapshots: dict[int, list[Any]] = {}
         self.last_error = 0
-        self.calls: list[str] = []
+        self.calls: list[str] = []  # every API call by name, in order
+        self.flushed: list[tuple[int, int]] = []  # (address, size) of each FlushInstructionCache
         self._next_handle = 0x100
         self.fail_next: dict[str, int] = {}  # function name -> Win32 error to fail its next call with
         self.hang_remote_threads = False
+        self.kill_on_exit: dict[int, bool] = {}  # debug object of each Python thread (by ident) -> kill on close
+        self.debug_log: list[tuple[Any, ...]] = []  # debug API calls with their arguments, in order
+        self.die_before_call: int | None = None  # index into ``calls`` at which the engine dies (EngineKilled)
+        self.dead = False
+        self.killed_at = ""  # the call the engine died before
+        self._next_breakin = BREAKIN_TID_BASE
 
     # -- model building ---------------------------------------------------------------------------------------
 
@@ -126,7 +191,7 @@ class FakeKernel32:
             ],
             [image, ntdll, *stacks],
             {
-                1000 + i: Thread(1000 + i, NTDLL_BASE + 0x500, stacks[i].base + stacks[i].size - 0x100)
+                1000 + i: Thread(1000 + i, NTDLL_BASE + 0x500, stacks[i].base + stacks[i].size - 0x100, module_base)
                 for i in range(threads)
             },
             **kw,
@@ -137,10 +202,40 @@ class FakeKernel32:
     def assert_no_leaks(self) -> None:
         if self.handles:
             raise StrictnessError(f"handles left open: {self.handles}")
+        self.assert_all_running()
+
+    def assert_all_running(self) -> None:
+        """Every process alive and detached, every thread running, no injected thread left."""
         for process in self.processes.values():
+            if not process.alive:
+                raise StrictnessError(f"pid {process.pid} was killed")
+            if process.debug is not None:
+                raise StrictnessError(f"pid {process.pid} left attached to the engine's debug object")
             for thread in process.threads.values():
-                if thread.suspended:
-                    raise StrictnessError(f"thread {thread.tid} of pid {process.pid} left suspended")
+                if thread.state != "running":
+                    raise StrictnessError(f"thread {thread.tid} of pid {process.pid} left {thread.state}")
+                if thread.tid >= BREAKIN_TID_BASE:
+                    raise StrictnessError(f"injected thread {thread.tid} of pid {process.pid} still there")
+
+    # -- the engine's death -------------------------------------------------------------------------------------
+
+    def debugger_thread_exits(self, ident: int | None = None) -> None:
+        """The debugger thread ``ident`` (default: every one) exits: Windows closes its debug object, which
+        detaches each debuggee (pending events dropped, threads thawed) or kills it while kill-on-exit is set."""
+        for owner in [o for o in self.kill_on_exit if ident is None or o == ident]:
+            kill = self.kill_on_exit.pop(owner)
+            for process in self.processes.values():
+                if process.debug is not None and process.debug.owner == owner:
+                    if kill:
+                        process.alive = False
+                    self._detach(process)
+
+    def engine_dies(self) -> None:
+        """After EngineKilled: the engine's process is gone, so are its threads (debug objects) and handles."""
+        self.dead = True
+        self.debugger_thread_exits()
+        self.handles.clear()
+        self.snapshots.clear()
 
     # -- plumbing -----------------------------------------------------------------------------------------------
 
@@ -149,6 +244,10 @@ class FakeKernel32:
         return result
 
     def _enter(self, name: str) -> int:
+        if self.dead or (self.die_before_call is not None and len(self.calls) >= self.die_before_call):
+            if not self.dead:
+                self.dead, self.killed_at = True, name
+            raise EngineKilled(f"the engine was killed before call {self.die_before_call} ({self.killed_at})")
         self.calls.append(name)
         return self.fail_next.pop(name, 0)
 
@@ -167,7 +266,7 @@ class FakeKernel32:
 
     def _thread(self, handle: Any, access: int) -> tuple[Process, Thread]:
         entry = self.handles.get(int(handle or 0))
-        if entry is None or entry[0] != "thread":
+        if entry is None or entry[0] != "debug-thread":
             raise StrictnessError(f"{handle!r} is not an open thread handle")
         if entry[2] & access != access:
             raise StrictnessError(f"thread handle lacks access 0x{access:x}")
@@ -206,17 +305,16 @@ class FakeKernel32:
             return self._fail(w.ERROR_ACCESS_DENIED)
         return self._new_handle("process", pid, access)
 
-    def OpenThread(self, access: int, inherit: bool, tid: int) -> int:
-        if error := self._enter("OpenThread"):
-            return self._fail(error)
-        if not any(tid in p.threads for p in self.processes.values()):
-            return self._fail(w.ERROR_INVALID_PARAMETER)
-        return self._new_handle("thread", tid, access)
-
     def CloseHandle(self, handle: Any) -> int:
         self._enter("CloseHandle")
-        if self.handles.pop(int(handle or 0), None) is None and self.snapshots.pop(int(handle or 0), None) is None:
+        entry = self.handles.get(int(handle or 0))
+        if entry is not None and entry[0] in ("debug-thread", "debug-process"):
+            raise StrictnessError(f"CloseHandle of a {entry[0]} handle from a debug event: the system closes it")
+        if self.handles.pop(int(handle or 0), None) is None:
             raise StrictnessError(f"CloseHandle of a handle that is not open: {handle!r}")
+        self.snapshots.pop(int(handle or 0), None)
+        if entry is not None and entry[0] == "file":
+            self.debug_log.append(("CloseHandle", "file"))
         return 1
 
     def CreateToolhelp32Snapshot(self, kind: int, pid: int) -> int:
@@ -224,8 +322,6 @@ class FakeKernel32:
         rows: list[Any] = []
         if kind == w.TH32CS_SNAPPROCESS:
             rows = [("process", p) for p in self.processes.values()]
-        elif kind == w.TH32CS_SNAPTHREAD:
-            rows = [("thread", p.pid, t) for p in self.processes.values() for t in list(p.threads.values())]
         elif kind == w.TH32CS_SNAPMODULE:
             if pid not in self.processes:
                 return self._fail(w.ERROR_INVALID_PARAMETER, int(w.INVALID_HANDLE_VALUE or 0))
@@ -250,9 +346,6 @@ class FakeKernel32:
         if row[0] == "process":
             entry.th32ProcessID = row[1].pid
             entry.szExeFile = row[1].name
-        elif row[0] == "thread":
-            entry.th32ThreadID = row[2].tid
-            entry.th32OwnerProcessID = row[1]
         else:
             name, path, base, size = row[2]
             entry.th32ProcessID = row[1]
@@ -263,32 +356,32 @@ class FakeKernel32:
         return 1
 
     def Process32FirstW(self, handle: int, pointer: Any) -> int:
+        self._enter("Process32FirstW")
         return self._snapshot_next(handle, pointer, w.PROCESSENTRY32W)
 
     Process32NextW = Process32FirstW
 
-    def Thread32First(self, handle: int, pointer: Any) -> int:
-        return self._snapshot_next(handle, pointer, w.THREADENTRY32)
-
-    Thread32Next = Thread32First
-
     def Module32FirstW(self, handle: int, pointer: Any) -> int:
+        self._enter("Module32FirstW")
         return self._snapshot_next(handle, pointer, w.MODULEENTRY32W)
 
     Module32NextW = Module32FirstW
 
     def GetProcessTimes(self, handle: Any, *pointers: Any) -> int:
+        self._enter("GetProcessTimes")
         process = self._process(handle, w.PROCESS_QUERY_LIMITED_INFORMATION)
         _store(pointers[0], "<II", process.start_time & 0xFFFFFFFF, process.start_time >> 32)
         return 1
 
     def IsWow64Process2(self, handle: Any, process_machine: Any, native_machine: Any) -> int:
+        self._enter("IsWow64Process2")
         process = self._process(handle, w.PROCESS_QUERY_INFORMATION)
         _store(process_machine, "<H", process.machine)
         _store(native_machine, "<H", process.native_machine)
         return 1
 
     def GetProcessInformation(self, handle: Any, klass: int, pointer: Any, size: int) -> int:
+        self._enter("GetProcessInformation")
         process = self._process(handle, w.PROCESS_QUERY_INFORMATION)
         if klass != w.PROCESS_PROTECTION_LEVEL_INFO or size != 4:
             raise StrictnessError(f"GetProcessInformation class {klass} size {size} not modelled")
@@ -296,6 +389,7 @@ class FakeKernel32:
         return 1
 
     def GetProcessMitigationPolicy(self, handle: Any, policy: int, pointer: Any, size: int) -> int:
+        self._enter("GetProcessMitigationPolicy")
         process = self._process(handle, w.PROCESS_QUERY_INFORMATION)
         flags = {
             w.PROCESS_DYNAMIC_CODE_POLICY: process.prohibit_dynamic_code,
@@ -307,6 +401,7 @@ class FakeKernel32:
         return 1
 
     def VirtualQueryEx(self, handle: Any, address: Any, pointer: Any, size: int) -> int:
+        self._enter("VirtualQueryEx")
         process = self._process(handle, w.PROCESS_QUERY_INFORMATION)
         addr = _address(address)
         info = pointer._obj
@@ -339,6 +434,7 @@ class FakeKernel32:
         return addr
 
     def VirtualProtectEx(self, handle: Any, address: Any, size: int, protect: int, old: Any) -> int:
+        self._enter("VirtualProtectEx")
         process = self._process(handle, w.PROCESS_VM_OPERATION)
         region = self._region(process, _address(address), int(size))
         if region is None:
@@ -353,6 +449,7 @@ class FakeKernel32:
         return 1
 
     def VirtualFreeEx(self, handle: Any, address: Any, size: int, kind: int) -> int:
+        self._enter("VirtualFreeEx")
         process = self._process(handle, w.PROCESS_VM_OPERATION)
         addr = _address(address)
         if kind != w.MEM_RELEASE or size != 0:
@@ -364,6 +461,7 @@ class FakeKernel32:
         return self._fail(w.ERROR_INVALID_ADDRESS)
 
     def ReadProcessMemory(self, handle: Any, address: Any, buffer: Any, size: Any, done: Any) -> int:
+        self._enter("ReadProcessMemory")
         process = self._process(handle, w.PROCESS_VM_READ)
         addr, count = _address(address), _value(size)
         region = self._region(process, addr, count)
@@ -374,6 +472,7 @@ class FakeKernel32:
         return 1
 
     def WriteProcessMemory(self, handle: Any, address: Any, data: bytes, size: Any, done: Any) -> int:
+        self._enter("WriteProcessMemory")
         process = self._process(handle, w.PROCESS_VM_WRITE | w.PROCESS_VM_OPERATION)
         addr, count = _address(address), _value(size)
         region = self._region(process, addr, count)
@@ -382,28 +481,19 @@ class FakeKernel32:
         if not region.protect & (0x04 | 0x08 | 0x40 | 0x80):
             return self._fail(ERROR_NOACCESS)
         reachable = region.kind == "image" or region.protect & w.EXECUTE_PROTECTIONS
-        if reachable and any(not t.suspended for t in process.threads.values()):
+        if reachable and any(t.state != "frozen" for t in process.threads.values()):
             raise StrictnessError(f"code at 0x{addr:x} written while threads of pid {process.pid} run")
         region.data[addr - region.base : addr - region.base + count] = bytes(data)[:count]
         _store(done, "<Q", count)
         return 1
 
-    def SuspendThread(self, handle: Any) -> int:
-        _process, thread = self._thread(handle, w.THREAD_SUSPEND_RESUME)
-        thread.suspended += 1
-        return thread.suspended - 1
-
-    def ResumeThread(self, handle: Any) -> int:
-        _process, thread = self._thread(handle, w.THREAD_SUSPEND_RESUME)
-        if thread.suspended == 0:
-            raise StrictnessError(f"ResumeThread on running thread {thread.tid}")
-        thread.suspended -= 1
-        return thread.suspended + 1
-
     def GetThreadContext(self, handle: Any, pointer: Any) -> int:
-        _process, thread = self._thread(handle, w.THREAD_GET_CONTEXT)
-        if not thread.suspended:
-            raise StrictnessError(f"GetThreadContext on running thread {thread.tid}")
+        if error := self._enter("GetThreadContext"):
+            return self._fail(error)
+        _process, thread = self._thread(handle, THREAD_GET_CONTEXT)
+        if thread.state != "frozen":
+            raise StrictnessError(f"GetThreadContext on running thread {thread.tid}: its context is not stable")
+        self.debug_log.append(("GetThreadContext", thread.tid))
         context = pointer._obj
         if ctypes.addressof(context) % 16:
             raise StrictnessError("CONTEXT must be 16-byte aligned")
@@ -413,14 +503,17 @@ class FakeKernel32:
         return 1
 
     def FlushInstructionCache(self, handle: Any, address: Any, size: int) -> int:
+        self._enter("FlushInstructionCache")
         self._process(handle, 0)
-        self.calls.append(f"FlushInstructionCache:{_address(address):x}")
+        self.flushed.append((_address(address), int(size)))
         return 1
 
     def GetModuleHandleW(self, name: str) -> int:
+        self._enter("GetModuleHandleW")
         return NTDLL_BASE if name.lower() == "ntdll.dll" else 0
 
     def GetProcAddress(self, module: int, name: bytes) -> int:
+        self._enter("GetProcAddress")
         if module != NTDLL_BASE or name.decode() not in NTDLL_EXPORTS:
             return self._fail(127)
         return NTDLL_BASE + NTDLL_EXPORTS[name.decode()]
@@ -428,9 +521,12 @@ class FakeKernel32:
     def CreateRemoteThread(
         self, handle: Any, attrs: Any, stack: int, start: Any, param: Any, flags: int, tid: Any
     ) -> int:
+        self._enter("CreateRemoteThread")
         process = self._process(handle, w.PROCESS_CREATE_THREAD)
-        if any(t.suspended for t in process.threads.values()):
-            raise StrictnessError("CreateRemoteThread while threads are suspended can deadlock on the loader lock")
+        if process.debug is not None:
+            raise StrictnessError("CreateRemoteThread while attached: its CREATE_THREAD event would freeze the process")
+        if any(t.state != "running" for t in process.threads.values()):
+            raise StrictnessError("CreateRemoteThread while threads are stopped can deadlock on the loader lock")
         start_addr, param_addr = _address(start), _address(param)
         code_region = self._region(process, start_addr, len(remote_call_stub()))
         if code_region is None or not code_region.protect & w.EXECUTE_PROTECTIONS:
@@ -455,15 +551,202 @@ class FakeKernel32:
         return self._new_handle("remote-thread", result if not self.hang_remote_threads else -1, 0)
 
     def WaitForSingleObject(self, handle: Any, timeout: int) -> int:
+        self._enter("WaitForSingleObject")
         entry = self.handles[int(handle)]
         return w.WAIT_TIMEOUT if entry[1] == -1 else w.WAIT_OBJECT_0
 
     def GetExitCodeThread(self, handle: Any, pointer: Any) -> int:
+        self._enter("GetExitCodeThread")
         entry = self.handles[int(handle)]
         _store(pointer, "<I", w.STILL_ACTIVE if entry[1] == -1 else entry[1])
         return 1
 
+    # -- the debug API ------------------------------------------------------------------------------------------
+
+    def _owned(self, process: Process, what: str) -> DebugPort:
+        if process.debug is None:
+            raise StrictnessError(f"{what}: pid {process.pid} is not attached")
+        if process.debug.owner != threading.get_ident():
+            raise StrictnessError(
+                f"{what} from Python thread {threading.get_ident()}, but pid {process.pid} was attached by "
+                f"{process.debug.owner}: the debug object belongs to the attaching thread"
+            )
+        return process.debug
+
+    def _attached(self, pid: int, what: str) -> tuple[Process, DebugPort]:
+        process = self.processes.get(pid)
+        if process is None:
+            raise StrictnessError(f"{what}: no pid {pid}")
+        return process, self._owned(process, what)
+
+    def _set_frozen(self, process: Process) -> None:
+        debug = process.debug
+        frozen = debug is not None and debug.reported is not None and debug.reported.live
+        for thread in process.threads.values():
+            thread.state = "frozen" if frozen else "running"
+
+    def _detach(self, process: Process) -> None:
+        """What the kernel does when the debugger detaches or its debug object closes: pending events are
+        dropped, the handles they carried into the debugger are closed, the injected thread finishes, threads run."""
+        if process.debug is not None:
+            for handle in process.debug.system_handles:
+                self.handles.pop(handle, None)
+        process.debug = None
+        for tid in [t for t in process.threads if t >= BREAKIN_TID_BASE]:
+            del process.threads[tid]  # it returns from DbgBreakPoint and exits; its stack goes with it
+        process.regions = [r for r in process.regions if r.base != BREAKIN_STACK]
+        self._set_frozen(process)
+        if not process.alive:
+            process.threads.clear()
+
+    def DbgUiConnectToDbg(self) -> int:
+        if error := self._enter("DbgUiConnectToDbg"):
+            return error
+        self.debug_log.append(("DbgUiConnectToDbg",))
+        self.kill_on_exit.setdefault(threading.get_ident(), True)  # NtCreateDebugObject(DEBUG_KILL_ON_CLOSE)
+        return 0
+
+    def RtlNtStatusToDosError(self, status: int) -> int:
+        self._enter("RtlNtStatusToDosError")
+        return {STATUS_ACCESS_DENIED: w.ERROR_ACCESS_DENIED}.get(status, 317)
+
+    def DebugSetProcessKillOnExit(self, kill: Any) -> int:
+        self._enter("DebugSetProcessKillOnExit")
+        self.debug_log.append(("DebugSetProcessKillOnExit", bool(kill)))
+        if threading.get_ident() not in self.kill_on_exit:
+            return self._fail(w.ERROR_INVALID_HANDLE)  # this thread has no debug object yet
+        self.kill_on_exit[threading.get_ident()] = bool(kill)
+        return 1
+
+    def DebugActiveProcess(self, pid: int) -> int:
+        if error := self._enter("DebugActiveProcess"):
+            return self._fail(error)
+        self.debug_log.append(("DebugActiveProcess", pid))
+        process = self.processes.get(pid)
+        if process is None or not process.alive:
+            return self._fail(w.ERROR_INVALID_PARAMETER)
+        if process.deny_debug:
+            return self._fail(process.deny_debug)
+        if process.other_debugger or process.debug is not None:
+            return self._fail(w.ERROR_INVALID_PARAMETER)  # STATUS_PORT_ALREADY_SET as Win32 sees it
+        self.kill_on_exit.setdefault(threading.get_ident(), True)
+        first, *others = process.threads.values()
+        queue = [DebugEvent(w.CREATE_PROCESS_DEBUG_EVENT, first.tid, start=first.start)]
+        queue += [
+            DebugEvent(w.LOAD_DLL_DEBUG_EVENT, first.tid, module=m[2], with_file=i % 2 == 0)
+            for i, m in enumerate(process.modules)
+        ]
+        queue += [DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, t.tid, start=t.start) for t in others]
+        queue += process.attach_extra
+        self._next_breakin += 1
+        breakin = Thread(
+            self._next_breakin,
+            NTDLL_BASE + NTDLL_EXPORTS["DbgBreakPoint"],
+            BREAKIN_STACK + 0xF000,
+            NTDLL_BASE + NTDLL_EXPORTS["DbgUiRemoteBreakin"],
+        )
+        process.threads[breakin.tid] = breakin
+        process.regions.append(Region(BREAKIN_STACK, 0x10000, w.PAGE_READWRITE, bytearray(0x10000), BREAKIN_STACK))
+        queue.append(DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, breakin.tid, live=True, start=breakin.start))
+        if not process.breakin_stalls:
+            queue.append(
+                DebugEvent(
+                    w.EXCEPTION_DEBUG_EVENT,
+                    breakin.tid,
+                    live=True,
+                    exception_code=w.EXCEPTION_BREAKPOINT,
+                    address=breakin.rip,
+                )
+            )
+        process.debug = DebugPort(threading.get_ident(), queue)
+        return 1
+
+    def WaitForDebugEvent(self, pointer: Any, timeout: int) -> int:
+        self._enter("WaitForDebugEvent")
+        if timeout == INFINITE:
+            raise StrictnessError("WaitForDebugEvent(INFINITE) hangs the engine when the target never stops")
+        ports = [p for p in self.processes.values() if p.debug is not None and p.debug.owner == threading.get_ident()]
+        if not ports:
+            raise StrictnessError("WaitForDebugEvent on a thread that debugs no process")
+        for process in ports:
+            debug = self._owned(process, "WaitForDebugEvent")
+            if debug.reported is not None:
+                raise StrictnessError(
+                    f"WaitForDebugEvent while the event of thread {debug.reported.tid} is not continued"
+                )
+            if not debug.queue:
+                continue
+            event = debug.queue.pop(0)
+            debug.reported = event
+            record: Any = pointer._obj
+            ctypes.memset(ctypes.addressof(record), 0, ctypes.sizeof(record))
+            record.dwDebugEventCode, record.dwProcessId, record.dwThreadId = event.code, process.pid, event.tid
+            self.debug_log.append(("WaitForDebugEvent", event.code, event.tid))
+            if event.code in (w.CREATE_PROCESS_DEBUG_EVENT, w.CREATE_THREAD_DEBUG_EVENT):
+                thread = self._new_handle("debug-thread", event.tid, DEBUG_THREAD_ACCESS)
+                debug.system_handles.add(thread)
+                if event.code == w.CREATE_THREAD_DEBUG_EVENT:
+                    record.u.CreateThread.hThread, record.u.CreateThread.lpStartAddress = thread, event.start
+                else:
+                    info = record.u.CreateProcessInfo
+                    info.hThread, info.lpStartAddress = thread, event.start
+                    info.hProcess = self._new_handle("debug-process", process.pid, 0x1FFFFF)
+                    info.hFile = self._new_handle("file", process.pid, 0)
+                    debug.system_handles.add(info.hProcess)
+            elif event.code == w.LOAD_DLL_DEBUG_EVENT:
+                record.u.LoadDll.lpBaseOfDll = event.module
+                record.u.LoadDll.hFile = self._new_handle("file", process.pid, 0) if event.with_file else None
+            elif event.code == w.EXCEPTION_DEBUG_EVENT:
+                record.u.Exception.ExceptionRecord.ExceptionCode = event.exception_code
+                record.u.Exception.ExceptionRecord.ExceptionAddress = event.address
+                record.u.Exception.dwFirstChance = 1
+            elif event.code == w.EXIT_THREAD_DEBUG_EVENT:
+                process.threads.pop(event.tid, None)
+            self._set_frozen(process)
+            return 1
+        return self._fail(w.ERROR_SEM_TIMEOUT)
+
+    def ContinueDebugEvent(self, pid: int, tid: int, status: int) -> int:
+        self._enter("ContinueDebugEvent")
+        self.debug_log.append(("ContinueDebugEvent", pid, tid, status))
+        process, debug = self._attached(pid, "ContinueDebugEvent")
+        event = debug.reported
+        if event is None or event.tid != tid:
+            raise StrictnessError(f"ContinueDebugEvent({pid}, {tid}) does not answer the reported event")
+        if status not in (w.DBG_CONTINUE, w.DBG_EXCEPTION_NOT_HANDLED):
+            raise StrictnessError(f"continue status 0x{status:x} is neither DBG_CONTINUE nor DBG_EXCEPTION_NOT_HANDLED")
+        process.continued.append((event.code, tid, status))
+        debug.reported = None
+        if event.code == w.EXIT_THREAD_DEBUG_EVENT:  # the system closes the thread's handle now
+            for handle in [h for h in debug.system_handles if self.handles[h][:2] == ("debug-thread", tid)]:
+                debug.system_handles.discard(handle)
+                del self.handles[handle]
+        if event.code == w.EXIT_PROCESS_DEBUG_EVENT:  # the process is gone, and with it the debug port
+            process.alive = False
+            self._detach(process)
+            return 1
+        if event.code == w.EXCEPTION_DEBUG_EVENT and tid >= BREAKIN_TID_BASE:
+            debug.queue.append(DebugEvent(w.EXIT_THREAD_DEBUG_EVENT, tid, live=True))  # DbgUiRemoteBreakin returns
+        self._set_frozen(process)
+        return 1
+
+    def DebugActiveProcessStop(self, pid: int) -> int:
+        self._enter("DebugActiveProcessStop")
+        self.debug_log.append(("DebugActiveProcessStop", pid))
+        if pid in self.processes and not self.processes[pid].alive:
+            return self._fail(w.ERROR_INVALID_PARAMETER)
+        process, _debug = self._attached(pid, "DebugActiveProcessStop")
+        self._detach(process)
+        return 1
+
+    def CheckRemoteDebuggerPresent(self, handle: Any, pointer: Any) -> int:
+        self._enter("CheckRemoteDebuggerPresent")
+        process = self._process(handle, w.PROCESS_QUERY_INFORMATION)
+        _store(pointer, "<i", int(process.other_debugger or process.debug is not None))
+        return 1
+
     def SetProcessValidCallTargets(self, handle: Any, base: Any, size: int, count: int, infos: Any) -> int:
+        self._enter("SetProcessValidCallTargets")
         process = self._process(handle, w.PROCESS_VM_OPERATION)
         region_base = _address(base)
         for info in list(infos)[:count]:

@@ -1,6 +1,6 @@
 """Win32 declarations the Windows backend calls through ctypes: constants, structures, function prototypes.
 
-Layouts per the Windows SDK headers (winnt.h, tlhelp32.h, memoryapi.h, processthreadsapi.h) for x64.
+Layouts per the Windows SDK headers (winnt.h, tlhelp32.h, memoryapi.h, processthreadsapi.h, minwinbase.h) for x64.
 ``load_api()`` binds the real DLLs; tests pass a strict fake with the same attribute names instead.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Dict
 
-__all__ = ["CONTEXT", "ERROR_MESSAGES", "MEMORY_BASIC_INFORMATION", "load_api"]
+__all__ = ["CONTEXT", "DEBUG_EVENT", "ERROR_MESSAGES", "MEMORY_BASIC_INFORMATION", "load_api"]
 
 # Fixed-width types: ctypes.wintypes.DWORD is c_ulong, 8 bytes on Linux, which would break the layouts
 # checked by the tests that run there. WCHAR stays c_wchar (UTF-16 on Windows).
@@ -33,13 +33,9 @@ PATCH_ACCESS = (
     | PROCESS_QUERY_INFORMATION
     | SYNCHRONIZE
 )
-THREAD_SUSPEND_RESUME = 0x0002
-THREAD_GET_CONTEXT = 0x0008
-THREAD_QUERY_LIMITED_INFORMATION = 0x0800
 
 # Toolhelp snapshots (tlhelp32.h).
 TH32CS_SNAPPROCESS = 0x2
-TH32CS_SNAPTHREAD = 0x4
 TH32CS_SNAPMODULE = 0x8
 INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 
@@ -69,6 +65,20 @@ IMAGE_FILE_MACHINE_UNKNOWN = 0
 IMAGE_FILE_MACHINE_AMD64 = 0x8664
 CFG_CALL_TARGET_VALID = 0x1
 
+# Debug events (minwinbase.h) and how they are continued (winnt.h).
+EXCEPTION_DEBUG_EVENT = 1
+CREATE_THREAD_DEBUG_EVENT = 2
+CREATE_PROCESS_DEBUG_EVENT = 3
+EXIT_THREAD_DEBUG_EVENT = 4
+EXIT_PROCESS_DEBUG_EVENT = 5
+LOAD_DLL_DEBUG_EVENT = 6
+UNLOAD_DLL_DEBUG_EVENT = 7
+OUTPUT_DEBUG_STRING_EVENT = 8
+RIP_EVENT = 9
+DBG_CONTINUE = 0x00010002
+DBG_EXCEPTION_NOT_HANDLED = 0x80010001
+EXCEPTION_BREAKPOINT = 0x80000003
+
 WAIT_OBJECT_0 = 0
 WAIT_TIMEOUT = 0x102
 STILL_ACTIVE = 259
@@ -78,6 +88,7 @@ ERROR_INVALID_HANDLE = 6
 ERROR_NOT_ENOUGH_MEMORY = 8
 ERROR_NO_MORE_FILES = 18
 ERROR_INVALID_PARAMETER = 87
+ERROR_SEM_TIMEOUT = 121
 ERROR_PARTIAL_COPY = 299
 ERROR_INVALID_ADDRESS = 487
 ERROR_PRIVILEGE_NOT_HELD = 1314
@@ -166,18 +177,6 @@ class PROCESSENTRY32W(ctypes.Structure):
     ]
 
 
-class THREADENTRY32(ctypes.Structure):
-    _fields_ = [
-        ("dwSize", _DWORD),
-        ("cntUsage", _DWORD),
-        ("th32ThreadID", _DWORD),
-        ("th32OwnerProcessID", _DWORD),
-        ("tpBasePri", _LONG),
-        ("tpDeltaPri", _LONG),
-        ("dwFlags", _DWORD),
-    ]
-
-
 class MODULEENTRY32W(ctypes.Structure):
     _fields_ = [
         ("dwSize", _DWORD),
@@ -214,9 +213,74 @@ class FILETIME(ctypes.Structure):
     _fields_ = [("dwLowDateTime", _DWORD), ("dwHighDateTime", _DWORD)]
 
 
-# A wrong layout would make GetThreadContext/VirtualQueryEx write past our buffers: fail at import instead.
-if ctypes.sizeof(CONTEXT) != 1232 or ctypes.sizeof(MEMORY_BASIC_INFORMATION) != 48:
-    raise ImportError("CONTEXT / MEMORY_BASIC_INFORMATION layouts do not match winnt.h for x64")
+class EXCEPTION_RECORD(ctypes.Structure):
+    _fields_ = [
+        ("ExceptionCode", _DWORD),
+        ("ExceptionFlags", _DWORD),
+        ("ExceptionRecord", ctypes.c_void_p),
+        ("ExceptionAddress", ctypes.c_void_p),
+        ("NumberParameters", _DWORD),
+        ("ExceptionInformation", ctypes.c_uint64 * 15),
+    ]
+
+
+class EXCEPTION_DEBUG_INFO(ctypes.Structure):
+    _fields_ = [("ExceptionRecord", EXCEPTION_RECORD), ("dwFirstChance", _DWORD)]
+
+
+class CREATE_THREAD_DEBUG_INFO(ctypes.Structure):
+    _fields_ = [
+        ("hThread", ctypes.c_void_p),
+        ("lpThreadLocalBase", ctypes.c_void_p),
+        ("lpStartAddress", ctypes.c_void_p),
+    ]
+
+
+class CREATE_PROCESS_DEBUG_INFO(ctypes.Structure):
+    _fields_ = [
+        ("hFile", ctypes.c_void_p),
+        ("hProcess", ctypes.c_void_p),
+        ("hThread", ctypes.c_void_p),
+        ("lpBaseOfImage", ctypes.c_void_p),
+        ("dwDebugInfoFileOffset", _DWORD),
+        ("nDebugInfoSize", _DWORD),
+        ("lpThreadLocalBase", ctypes.c_void_p),
+        ("lpStartAddress", ctypes.c_void_p),
+        ("lpImageName", ctypes.c_void_p),
+        ("fUnicode", _WORD),
+    ]
+
+
+class LOAD_DLL_DEBUG_INFO(ctypes.Structure):
+    _fields_ = [
+        ("hFile", ctypes.c_void_p),
+        ("lpBaseOfDll", ctypes.c_void_p),
+        ("dwDebugInfoFileOffset", _DWORD),
+        ("nDebugInfoSize", _DWORD),
+        ("lpImageName", ctypes.c_void_p),
+        ("fUnicode", _WORD),
+    ]
+
+
+class _DEBUG_EVENT_INFO(ctypes.Union):
+    # The members the backend reads; the others (exit codes, debug strings, RIP info) are smaller than these.
+    _fields_ = [
+        ("Exception", EXCEPTION_DEBUG_INFO),
+        ("CreateThread", CREATE_THREAD_DEBUG_INFO),
+        ("CreateProcessInfo", CREATE_PROCESS_DEBUG_INFO),
+        ("LoadDll", LOAD_DLL_DEBUG_INFO),
+    ]
+
+
+class DEBUG_EVENT(ctypes.Structure):
+    """minwinbase.h DEBUG_EVENT for x64, 176 bytes: what WaitForDebugEvent fills in."""
+
+    _fields_ = [("dwDebugEventCode", _DWORD), ("dwProcessId", _DWORD), ("dwThreadId", _DWORD), ("u", _DEBUG_EVENT_INFO)]
+
+
+# A wrong layout would make GetThreadContext/VirtualQueryEx/WaitForDebugEvent write past our buffers: fail at import.
+if ctypes.sizeof(CONTEXT) != 1232 or ctypes.sizeof(MEMORY_BASIC_INFORMATION) != 48 or ctypes.sizeof(DEBUG_EVENT) != 176:
+    raise ImportError("CONTEXT / MEMORY_BASIC_INFORMATION / DEBUG_EVENT layouts do not match the SDK headers for x64")
 
 _H = ctypes.c_void_p
 _P = ctypes.c_void_p
@@ -227,13 +291,10 @@ _S = ctypes.c_size_t
 # name -> (dll, restype, argtypes)
 PROTOTYPES: Dict[str, Any] = {
     "OpenProcess": ("kernel32", _H, [_D, _B, _D]),
-    "OpenThread": ("kernel32", _H, [_D, _B, _D]),
     "CloseHandle": ("kernel32", _B, [_H]),
     "CreateToolhelp32Snapshot": ("kernel32", _H, [_D, _D]),
     "Process32FirstW": ("kernel32", _B, [_H, _P]),
     "Process32NextW": ("kernel32", _B, [_H, _P]),
-    "Thread32First": ("kernel32", _B, [_H, _P]),
-    "Thread32Next": ("kernel32", _B, [_H, _P]),
     "Module32FirstW": ("kernel32", _B, [_H, _P]),
     "Module32NextW": ("kernel32", _B, [_H, _P]),
     "GetProcessTimes": ("kernel32", _B, [_H, _P, _P, _P, _P]),
@@ -246,9 +307,15 @@ PROTOTYPES: Dict[str, Any] = {
     "VirtualFreeEx": ("kernel32", _B, [_H, _P, _S, _D]),
     "ReadProcessMemory": ("kernel32", _B, [_H, _P, _P, _S, _P]),
     "WriteProcessMemory": ("kernel32", _B, [_H, _P, _P, _S, _P]),
-    "SuspendThread": ("kernel32", _D, [_H]),
-    "ResumeThread": ("kernel32", _D, [_H]),
     "GetThreadContext": ("kernel32", _B, [_H, _P]),
+    "DbgUiConnectToDbg": ("ntdll", ctypes.c_int32, []),  # NTSTATUS; gives the calling thread its debug object
+    "RtlNtStatusToDosError": ("ntdll", _D, [ctypes.c_int32]),
+    "DebugSetProcessKillOnExit": ("kernel32", _B, [_B]),
+    "DebugActiveProcess": ("kernel32", _B, [_D]),
+    "DebugActiveProcessStop": ("kernel32", _B, [_D]),
+    "WaitForDebugEvent": ("kernel32", _B, [_P, _D]),
+    "ContinueDebugEvent": ("kernel32", _B, [_D, _D, _D]),
+    "CheckRemoteDebuggerPresent": ("kernel32", _B, [_H, _P]),
     "FlushInstructionCache": ("kernel32", _B, [_H, _P, _S]),
     "CreateRemoteThread": ("kernel32", _H, [_H, _P, _S, _P, _P, _D, _P]),
     "WaitForSingleObject": ("kernel32", _D, [_H, _D]),
@@ -263,7 +330,7 @@ class Win32Api:
     """The real functions, bound with their prototypes; ``get_last_error`` reads the thread's last error."""
 
     def __init__(self) -> None:
-        dlls = {name: ctypes.WinDLL(name, use_last_error=True) for name in ("kernel32", "kernelbase")}  # type: ignore[attr-defined]
+        dlls = {name: ctypes.WinDLL(name, use_last_error=True) for name in ("kernel32", "kernelbase", "ntdll")}  # type: ignore[attr-defined]
         for name, (dll, restype, argtypes) in PROTOTYPES.items():
             function = getattr(dlls[dll], name)
             function.restype = restype

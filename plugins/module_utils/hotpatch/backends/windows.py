@@ -2,9 +2,10 @@
 
 The sequence is the one shown to patch cross-process under Wine from a C program (ARCHITECTURE.md section 7):
 OpenProcess, Toolhelp snapshots, VirtualQueryEx/VirtualAllocEx near the module, WriteProcessMemory,
-VirtualProtectEx, SuspendThread/GetThreadContext/ResumeThread, FlushInstructionCache; unwind tables are
-registered by a small stub run with CreateRemoteThread (it passes one pointer: the stub loads three arguments
-from a parameter block and calls ntdll!RtlAddFunctionTable).
+VirtualProtectEx, GetThreadContext, FlushInstructionCache; unwind tables are registered by a small stub run with
+CreateRemoteThread (it passes one pointer: the stub loads three arguments from a parameter block and calls
+ntdll!RtlAddFunctionTable). Threads are stopped with the debug API, not SuspendThread, so that an engine killed
+while they are stopped leaves the target running (see ``_Quiesced``).
 
 Every failure raises BackendError with the Win32 error explained (ERROR_MESSAGES) and undoes what the failed
 call had begun (threads resumed, handles closed, memory released).
@@ -12,8 +13,10 @@ call had begun (threads resumed, handles closed, memory released).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import struct
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -25,7 +28,7 @@ __all__ = ["WindowsBackend", "WindowsProcess", "remote_call_stub"]
 
 STACK_WINDOW = 64 * 1024  # bytes of each stack scanned for return addresses (activeness check)
 REMOTE_CALL_TIMEOUT_MS = 5000
-QUIESCE_ROUNDS = 16  # snapshots taken until no new thread appears
+ATTACH_TIMEOUT_MS = 5000  # from DebugActiveProcess to the attach breakpoint
 _PAGE = 0x1000
 
 
@@ -97,6 +100,7 @@ class WindowsProcess:
         self.win = _Win32Caller(api)
         self.pid = pid
         self._allocations: Dict[int, int] = {}  # address -> size of what allocate_near committed
+        self._ntdll: Optional[int] = None  # ntdll's base in the target, once looked up
         self.handle = self.api.OpenProcess(w.PATCH_ACCESS, False, pid)
         if not self.handle:
             raise self.win.fail(f"OpenProcess({pid})")
@@ -241,26 +245,23 @@ class WindowsProcess:
     # -- threads --------------------------------------------------------------------------------------------------
 
     def quiesce(self, with_stacks: bool = False) -> _Quiesced:
-        """Suspend every thread, then read each one's context (which waits for the suspension to complete)."""
-        quiesced = _Quiesced(self)
+        """Freeze every thread by attaching as a debugger and holding the attach breakpoint; read their contexts.
+
+        The debug object belongs to the calling thread: ``resume()`` must run on this same thread. Engine threads
+        may each handle their own process at the same time; one thread may patch several processes one after
+        the other, but must resume one before quiescing the next. Nothing the engine does while frozen may
+        create a thread in the target (remote calls run before and after, never in between). Raises
+        BackendError, with the target detached and running, when the process is debugged by another process,
+        access is denied, or it does not stop within ATTACH_TIMEOUT_MS.
+        """
+        ranges = _code_ranges(self) if with_stacks else []
+        breakin_start, breakin_at = self._remote_functions(("DbgUiRemoteBreakin", "DbgBreakPoint"))
+        quiesced = _Quiesced(self, breakin_start, breakin_at)
+        quiesced.attach()
         try:
-            for _round in range(QUIESCE_ROUNDS):
-                fresh = [
-                    int(t.th32ThreadID)
-                    for t in _snapshot(
-                        self.win, w.TH32CS_SNAPTHREAD, 0, w.THREADENTRY32, "Thread32First", "Thread32Next"
-                    )
-                    if int(t.th32OwnerProcessID) == self.pid and int(t.th32ThreadID) not in quiesced.handles
-                ]
-                if not fresh:
-                    break
-                for tid in fresh:
-                    quiesced.suspend(tid)
-            else:
-                raise BackendError(f"threads of pid {self.info.pid} kept appearing while stopping them; try again")
-            quiesced.read_states(with_stacks)
+            quiesced.read_states(ranges if with_stacks else None)
         except BaseException:
-            quiesced.resume()
+            quiesced.abandon()
             raise
         return quiesced
 
@@ -308,19 +309,25 @@ class WindowsProcess:
         ok = self.api.GetProcessMitigationPolicy(self.handle, policy, ctypes.byref(flags), ctypes.sizeof(flags))
         return bool(ok) and bool(flags.value & 1)
 
-    def _remote_function(self, name: str) -> int:
-        """Address of an ntdll export in the target: ntdll's base is the same for every process of one
+    def _remote_functions(self, names: Sequence[str]) -> List[int]:
+        """Addresses of ntdll exports in the target: ntdll's base is the same for every process of one
         architecture in a boot session, but compute through the target's own module list to be sure."""
         local_ntdll = self.win.check(self.api.GetModuleHandleW("ntdll.dll"), "GetModuleHandleW(ntdll)")
-        local = self.win.check(self.api.GetProcAddress(local_ntdll, name.encode("ascii")), f"GetProcAddress({name})")
-        remote_ntdll = next((m.base for m in self.modules() if m.name.lower() == "ntdll.dll"), None)
-        if remote_ntdll is None:
-            raise BackendError(f"ntdll.dll is not loaded in pid {self.info.pid}: cannot call {name} there")
-        return remote_ntdll + (int(local) - int(local_ntdll))
+        if self._ntdll is None:
+            self._ntdll = next((m.base for m in self.modules() if m.name.lower() == "ntdll.dll"), None)
+        if self._ntdll is None:
+            raise BackendError(f"ntdll.dll is not loaded in pid {self.info.pid}: cannot use {', '.join(names)} there")
+        result = []
+        for name in names:
+            local = self.win.check(
+                self.api.GetProcAddress(local_ntdll, name.encode("ascii")), f"GetProcAddress({name})"
+            )
+            result.append(self._ntdll + (int(local) - int(local_ntdll)))
+        return result
 
     def _remote_call(self, name: str, arg1: int, arg2: int, arg3: int) -> int:
         """Run ``name(arg1, arg2, arg3)`` on a new thread in the target; returns its BOOLEAN result."""
-        function = self._remote_function(name)
+        (function,) = self._remote_functions((name,))
         scratch = self.api.VirtualAllocEx(self.handle, None, 2 * _PAGE, w.MEM_COMMIT | w.MEM_RESERVE, w.PAGE_READWRITE)
         if not scratch:
             raise self.win.fail("VirtualAllocEx(scratch)")
@@ -361,33 +368,121 @@ class WindowsProcess:
 
 
 class _Quiesced:
-    """Threads suspended by ``WindowsProcess.quiesce``; ``resume`` undoes exactly those suspensions."""
+    """The target frozen under the debug API by ``WindowsProcess.quiesce``; ``resume`` lets it run and detaches.
 
-    def __init__(self, process: WindowsProcess) -> None:
+    While a debug event is pending (reported and not yet continued), Windows keeps every thread of the debuggee
+    stopped; the engine holds the breakpoint of the thread the system injects at attach (ntdll!DbgUiRemoteBreakin
+    calling DbgBreakPoint). Unlike SuspendThread, this survives the engine: the debug object is set to detach,
+    not kill, when it is closed (DebugSetProcessKillOnExit(FALSE), set before attaching), and Windows closes it
+    when the attaching thread or the engine's process ends however it ends; the pending event is then dropped
+    and every thread runs on. Thread and process handles that debug events carry belong to the system (closed by
+    DebugActiveProcessStop or when their exit event is continued); file handles are ours to close.
+    """
+
+    def __init__(self, process: WindowsProcess, breakin_start: int, breakin_address: int) -> None:
         self.process = process
-        self.handles: Dict[int, Any] = {}
+        self.pid = process.pid
+        self.owner = threading.get_ident()
+        self.breakin_start = breakin_start  # ntdll!DbgUiRemoteBreakin in the target
+        self.breakin_address = breakin_address  # ntdll!DbgBreakPoint in the target
+        self.handles: Dict[int, Any] = {}  # tid -> thread handle from its CREATE_PROCESS/CREATE_THREAD event
+        self.starts: Dict[int, int] = {}  # tid -> start address from the same event
         self.threads: List[ThreadState] = []
+        self.breakin_tid: Optional[int] = None  # the injected thread: listed, stopped in ntdll, never in patched code
+        self.held: Optional[int] = None  # thread id of the attach breakpoint event we have not continued
+        self.attached = False
         self.pause_started_ns = time.perf_counter_ns()
 
-    def suspend(self, tid: int) -> None:
-        api = self.process.api
-        access = w.THREAD_SUSPEND_RESUME | w.THREAD_GET_CONTEXT | w.THREAD_QUERY_LIMITED_INFORMATION
-        handle = api.OpenThread(access, False, tid)
-        if not handle:
-            if api.get_last_error() == w.ERROR_INVALID_PARAMETER:
-                return  # the thread exited after the snapshot
-            raise self.process.win.fail(f"OpenThread({tid})")
-        if api.SuspendThread(handle) == 0xFFFFFFFF:
-            error = api.get_last_error()
-            api.CloseHandle(handle)
-            raise self.process.win.fail(f"SuspendThread({tid})", error)
-        self.handles[tid] = handle
+    def attach(self) -> None:
+        """Connect, make the connection detach on close, attach, and wait for the attach breakpoint."""
+        api, win = self.process.api, self.process.win
+        status = api.DbgUiConnectToDbg()
+        if status < 0:  # NTSTATUS failure
+            raise win.fail("DbgUiConnectToDbg", int(api.RtlNtStatusToDosError(status)))
+        # Before attaching, so that no instant exists where the engine's death would kill the target: the setting
+        # lives on this thread's debug object (just made above, kept for later attaches) and applies to every
+        # process it debugs from now on.
+        win.check(api.DebugSetProcessKillOnExit(False), "DebugSetProcessKillOnExit(FALSE)")
+        self.pause_started_ns = time.perf_counter_ns()  # Windows may hold each thread from its attach message on
+        if not api.DebugActiveProcess(self.pid):
+            raise self._refusal(api.get_last_error())
+        self.attached = True
+        try:
+            self._wait_for_breakin()
+        except BaseException:
+            self.abandon()
+            raise
 
-    def read_states(self, with_stacks: bool) -> None:
+    def abandon(self) -> None:
+        """Resume after a failure, keeping the first error: a detach that fails too means the process is gone."""
+        with contextlib.suppress(BackendError):
+            self.resume()
+
+    def _refusal(self, error: int) -> BackendError:
+        present = ctypes.c_int(0)
+        if self.process.api.CheckRemoteDebuggerPresent(self.process.handle, ctypes.byref(present)) and present.value:
+            return BackendError(
+                f"pid {self.pid} is being debugged by another process: the engine cannot stop its threads safely; "
+                "detach that debugger (or wait for it to finish), then run the engine again"
+            )
+        return self.process.win.fail(f"DebugActiveProcess({self.pid})", error)
+
+    def _wait_for_breakin(self) -> None:
+        """Answer the attach events until the injected thread reports its breakpoint; keep that one pending."""
+        api, win = self.process.api, self.process.win
+        event = w.DEBUG_EVENT()
+        deadline = time.monotonic() + ATTACH_TIMEOUT_MS / 1000.0
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not api.WaitForDebugEvent(ctypes.byref(event), remaining_ms):
+                if remaining_ms > 0 and api.get_last_error() != w.ERROR_SEM_TIMEOUT:
+                    raise win.fail(f"WaitForDebugEvent({self.pid})")
+                raise BackendError(
+                    f"pid {self.pid} did not stop within {ATTACH_TIMEOUT_MS} ms of attaching (the thread Windows "
+                    "injects to stop it did not run; a thread may hold the loader lock); detached, nothing changed: "
+                    "try again later"
+                )
+            code, tid = int(event.dwDebugEventCode), int(event.dwThreadId)
+            status = w.DBG_CONTINUE
+            if code == w.CREATE_PROCESS_DEBUG_EVENT:
+                info = event.u.CreateProcessInfo
+                self._close_file(info.hFile)
+                self._add_thread(tid, info.hThread, int(info.lpStartAddress or 0))
+            elif code == w.CREATE_THREAD_DEBUG_EVENT:
+                self._add_thread(tid, event.u.CreateThread.hThread, int(event.u.CreateThread.lpStartAddress or 0))
+            elif code == w.EXIT_THREAD_DEBUG_EVENT:
+                self.handles.pop(tid, None)  # the system closes it when this event is continued
+            elif code == w.LOAD_DLL_DEBUG_EVENT:
+                self._close_file(event.u.LoadDll.hFile)
+            elif code == w.EXIT_PROCESS_DEBUG_EVENT:
+                win.check(api.ContinueDebugEvent(self.pid, tid, w.DBG_CONTINUE), "ContinueDebugEvent")
+                raise BackendError(f"pid {self.pid} exited while the engine was stopping it; nothing to patch there")
+            elif code == w.EXCEPTION_DEBUG_EVENT:
+                record = event.u.Exception.ExceptionRecord
+                if record.ExceptionCode == w.EXCEPTION_BREAKPOINT and (
+                    self.starts.get(tid) == self.breakin_start
+                    or int(record.ExceptionAddress or 0) == self.breakin_address
+                ):
+                    self.breakin_tid = self.held = tid  # not continued: every thread stays stopped
+                    return
+                status = w.DBG_EXCEPTION_NOT_HANDLED  # the target's own exception: its handlers see it as always
+            win.check(api.ContinueDebugEvent(self.pid, tid, status), f"ContinueDebugEvent({self.pid}, {tid})")
+
+    def _add_thread(self, tid: int, handle: Any, start: int) -> None:
+        if handle:
+            self.handles[tid] = handle
+            self.starts[tid] = start
+
+    def _close_file(self, handle: Any) -> None:
+        if handle:
+            self.process.api.CloseHandle(handle)
+
+    def read_states(self, ranges: Optional[List[Tuple[int, int]]]) -> None:
+        """Read every thread's context; with ``ranges`` (code of the modules and our allocations), also the
+        candidate return addresses on its stack."""
         # GetThreadContext needs a 16-byte aligned CONTEXT: over-allocate and place it by hand.
         raw = ctypes.create_string_buffer(ctypes.sizeof(w.CONTEXT) + 16)
         context = w.CONTEXT.from_address(_align_up(ctypes.addressof(raw), 16))
-        ranges = _code_ranges(self.process) if with_stacks else []
         for tid, handle in self.handles.items():
             ctypes.memset(ctypes.addressof(context), 0, ctypes.sizeof(context))
             context.ContextFlags = w.CONTEXT_CONTROL | w.CONTEXT_INTEGER
@@ -395,22 +490,33 @@ class _Quiesced:
                 self.process.api.GetThreadContext(handle, ctypes.byref(context)), f"GetThreadContext({tid})"
             )
             stack: Tuple[int, ...] = ()
-            if with_stacks:
+            if ranges is not None:
                 stack = tuple(_return_candidates(self.process, int(context.Rsp), ranges))
             self.threads.append(ThreadState(tid, int(context.Rip), int(context.Rsp), stack))
 
     def resume(self) -> int:
-        """Resume and close every suspended thread; returns the pause in microseconds."""
-        api = self.process.api
-        errors = []
-        for tid, handle in self.handles.items():
-            if api.ResumeThread(handle) == 0xFFFFFFFF:
-                errors.append(tid)
-            api.CloseHandle(handle)
-        self.handles = {}
+        """Continue the held breakpoint and detach; returns the pause in microseconds (from the attach to the
+        detach). Raises BackendError when called from another thread than ``quiesce`` (nothing done then)."""
+        if threading.get_ident() != self.owner:
+            raise BackendError(
+                f"pid {self.pid} was stopped by another engine thread: resume it from the thread that called "
+                "quiesce (the debug object belongs to that thread)"
+            )
+        api, win = self.process.api, self.process.win
+        failures = []
+        if self.held is not None:
+            if not api.ContinueDebugEvent(self.pid, self.held, w.DBG_CONTINUE):
+                failures.append(win.fail(f"ContinueDebugEvent({self.pid}, {self.held})"))
+            self.held = None
+        if self.attached:
+            # Also releases any event raised since (the injected thread's exit): the threads run on.
+            if not api.DebugActiveProcessStop(self.pid):
+                failures.append(win.fail(f"DebugActiveProcessStop({self.pid})"))
+            self.attached = False
+            self.handles = {}
         pause_us = (time.perf_counter_ns() - self.pause_started_ns) // 1000
-        if errors:
-            raise self.process.win.fail(f"ResumeThread({errors})")
+        if failures:
+            raise failures[-1]
         return int(pause_us)
 
 
