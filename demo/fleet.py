@@ -16,7 +16,7 @@ that restart services or reboot hosts. Logs: ``<root>/logs/<host>/<service>.log`
 
 CLI::
 
-    fleet.py [--root DIR] up [--hosts N] [--base-port P] [--mismatch-host K] [--timeout S]
+    fleet.py [--root DIR] up [--hosts N] [--base-port P|0] [--mismatch-host K] [--timeout S]
     fleet.py [--root DIR] status | restart HOST [SERVICE] | stop HOST [SERVICE] | start HOST [SERVICE]
     fleet.py [--root DIR] reboot HOST | down [--keep] | request HOST LINE
 """
@@ -27,6 +27,7 @@ import argparse
 import fcntl
 import json
 import os
+import random
 import shlex
 import shutil
 import socket
@@ -63,6 +64,7 @@ __all__ = [
     "FleetError",
     "HostRecord",
     "ServiceRecord",
+    "free_base_port",
     "request",
 ]
 
@@ -145,6 +147,30 @@ def _port_in_use(port: int) -> bool:
         return False
 
 
+def free_base_port(count: int, low: int = 20000, high: int = 32000) -> int:
+    """First of ``count`` consecutive loopback TCP ports that nothing listens on or holds, from [low, high).
+
+    The range stays below Linux's ephemeral ports (32768+), so an outgoing connection cannot take one between
+    this check and the service's bind. Starts at a random port so parallel callers rarely pick the same block.
+    Raises FleetError when no free block was found in 200 tries.
+    """
+    rng = random.Random()
+    for _attempt in range(200):
+        base = rng.randrange(low, high - count + 1)
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise FleetError(f"no {count} consecutive free TCP ports in {low}..{high}: stop other fleets or pass --base-port")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not _port_in_use(port)
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     """Atomic write that leaves the file (and its mtime) alone when the content is the same."""
     if path.is_file() and path.read_text() == text:
@@ -194,6 +220,11 @@ class Fleet:
             return {}
         data: dict[str, Any] = json.loads(path.read_text())
         return data
+
+    def base_port(self) -> int | None:
+        """Port of demo-host-1's service (host K listens on base + K - 1); None when the fleet is down."""
+        port = self._fleet_meta().get("base_port")
+        return int(port) if port is not None else None
 
     def hosts(self) -> list[str]:
         """Host names of the fleet, in order (empty when the fleet is down)."""
@@ -315,11 +346,14 @@ class Fleet:
         number to another variant ("v2", ...) for tests. Idempotent: a running service is left alone; a
         stopped one starts with the files on its host. Returns status(). Raises FleetError when the running
         fleet has another size or base port (run down first), a port is taken, or a service does not answer.
+        base_port 0: the running fleet's base port, or free_base_port(hosts) for a new fleet.
         """
         if hosts < 1:
             raise FleetError("--hosts must be at least 1")
         with self._locked("fleet"):
             meta = self._fleet_meta()
+            if base_port == 0:
+                base_port = int(meta["base_port"]) if meta else free_base_port(hosts)
             names = [f"demo-host-{i}" for i in range(1, hosts + 1)]
             if meta and (meta.get("hosts") != names or meta.get("base_port") != base_port):
                 raise FleetError(
@@ -555,7 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="create/start the hosts, wait until each answers, write the inventory")
     p_up.add_argument("--hosts", type=int, default=4)
-    p_up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT, help="host K listens on base+K-1")
+    p_up.add_argument(
+        "--base-port",
+        type=int,
+        default=int(os.environ.get("REBOOTLESS_DEMO_BASE_PORT") or DEFAULT_BASE_PORT),
+        help=f"host K listens on base+K-1 (default $REBOOTLESS_DEMO_BASE_PORT or {DEFAULT_BASE_PORT}; "
+        "0: free ports, or the running fleet's)",
+    )
     p_up.add_argument("--mismatch-host", type=int, default=3, help="host number given v1-mismatch (0: none)")
     p_up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every PONG")
     sub.add_parser("status", help="JSON: hosts, services, PIDs, answering or not")

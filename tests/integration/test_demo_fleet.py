@@ -1,6 +1,6 @@
 """The demo fleet with real programs: appsvc.exe + appcore.dll (mingw-w64) under Wine on loopback.
 
-A tests-only fleet (its own folder, ports from 28080) so a running ``make demo`` fleet (18080+) is untouched;
+A tests-only fleet (its own folder, free ports picked at test time) so a running ``make demo`` fleet is untouched;
 both share the Wine prefix, so "no Wine process left" is checked for our own processes, and for the whole
 prefix only when no other program uses it.
 """
@@ -22,14 +22,11 @@ import pytest
 import yaml
 
 from demo.build import DemoBuild, build
-from demo.fleet import SERVICE_DIR, Fleet, request
+from demo.fleet import SERVICE_DIR, Fleet, free_base_port, request
 from demo.loadgen import LoadGen, Target
 from demo.wine import DEFAULT_PREFIX, WINE_SYSTEM_COMMS, find_programs, prefix_processes, program_tag
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
-
-BASE_PORT = 28080
-DOWN_BASE_PORT = 28180
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -57,6 +54,12 @@ def assert_prefix_clean_unless_shared() -> None:
     wait_for(settled, 30.0, f"no process left in {DEFAULT_PREFIX}")
 
 
+def fleet_port(fleet: Fleet) -> int:
+    port = fleet.base_port()
+    assert port is not None, "the fleet is down"
+    return port
+
+
 def service_pid(fleet: Fleet, host: str) -> int:
     status = fleet.status(probe=False)
     [svc] = next(h for h in status["hosts"] if h["name"] == host)["services"]
@@ -73,7 +76,7 @@ def demo_build() -> DemoBuild:
 def fleet(tmp_path_factory: pytest.TempPathFactory, demo_build: DemoBuild) -> Iterator[Fleet]:
     f = Fleet(tmp_path_factory.mktemp("demo-fleet"))
     try:
-        f.up(hosts=3, base_port=BASE_PORT, timeout=60)
+        f.up(hosts=3, base_port=free_base_port(3), timeout=60)
         yield f
     finally:
         f.down()
@@ -86,7 +89,12 @@ def test_up_starts_every_host_and_each_service_answers(fleet: Fleet) -> None:
     assert [h["name"] for h in status["hosts"]] == ["demo-host-1", "demo-host-2", "demo-host-3"]
     for i, host in enumerate(status["hosts"]):
         [svc] = host["services"]
-        assert (svc["name"], svc["port"], svc["running"], svc["answering"]) == ("AppSvc", BASE_PORT + i, True, True)
+        assert (svc["name"], svc["port"], svc["running"], svc["answering"]) == (
+            "AppSvc",
+            fleet_port(fleet) + i,
+            True,
+            True,
+        )
         assert request(svc["port"], "PING") == "PONG"
     assert [h["appcore_build"] for h in status["hosts"]] == ["v1", "v1", "v1-mismatch"]
 
@@ -112,7 +120,7 @@ def test_inventory_describes_every_host_for_the_local_wine_platform(fleet: Fleet
     assert h3["ansible_connection"] == "local"
     assert h3["hotpatch_platform"] == "wine"
     assert h3["demo_appcore_build"] == "v1-mismatch"
-    assert h3["demo_service_port"] == BASE_PORT + 2
+    assert h3["demo_service_port"] == fleet_port(fleet) + 2
     assert h3["demo_host_dir"] == str(fleet.host_dir("demo-host-3"))
     assert os.path.isabs(h3["ansible_remote_tmp"]) and Path(h3["ansible_remote_tmp"]).is_dir()
     assert os.access(h3["ansible_python_interpreter"], os.X_OK)
@@ -145,7 +153,7 @@ def test_up_again_changes_nothing(fleet: Fleet) -> None:
     ]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     pids = [service_pid(fleet, h) for h in fleet.hosts()]
-    fleet.up(hosts=3, base_port=BASE_PORT)
+    fleet.up(hosts=3, base_port=fleet_port(fleet))
     assert [service_pid(fleet, h) for h in fleet.hosts()] == pids
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
 
@@ -306,7 +314,9 @@ def test_loadgen_counts_failures_while_a_service_is_down(fleet: Fleet) -> None:
 def test_down_stops_every_process_of_the_fleet(tmp_path: Path) -> None:
     f = Fleet(tmp_path / "fleet")
     try:
-        status: dict[str, Any] = f.up(hosts=2, base_port=DOWN_BASE_PORT, mismatch_host=0)
+        status: dict[str, Any] = f.up(hosts=2, base_port=0, mismatch_host=0)  # 0: free ports picked by the fleet
+        down_port = fleet_port(f)
+        assert [h["services"][0]["port"] for h in status["hosts"]] == [down_port, down_port + 1]
         pids = [h["services"][0]["pid"] for h in status["hosts"]]
         assert len(our_processes(f.root)) == 2
     finally:
@@ -314,7 +324,7 @@ def test_down_stops_every_process_of_the_fleet(tmp_path: Path) -> None:
     assert sorted(stopped) == sorted(pids)
     assert our_processes(f.root) == []
     assert not (f.root / "hosts").exists() and not f.inventory_path.exists()
-    for port in (DOWN_BASE_PORT, DOWN_BASE_PORT + 1):
+    for port in (down_port, down_port + 1):
         with pytest.raises(OSError):
             request(port, "PING", timeout=1.0)
     assert_prefix_clean_unless_shared()

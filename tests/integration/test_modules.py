@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.fleet import Fleet
+from demo.fleet import Fleet, free_base_port
 from demo.main_job import build_demo_package
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-BASE_PORT = 28680  # its own ports: test_demo_fleet uses 28080/28180, `make demo` 18080
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     f = Fleet(tmp_path_factory.mktemp("modules-fleet"))
     try:
-        f.up(hosts=2, base_port=BASE_PORT, timeout=60)
+        f.up(hosts=2, base_port=free_base_port(2), timeout=60)  # never a running demo's or another test's ports
         yield f
     finally:
         f.down()

@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 
-from demo.fleet import SERVICE_DIR, Fleet
+from demo.fleet import SERVICE_DIR, Fleet, free_base_port
 from demo.main_job import run_main_job, run_playbook
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 
-BASE_PORT = 29080
-STOP_BASE_PORT = 29180
 # The secrets appcore v1 leaks on GET 5..7 (demo/service/appcore.c): none may reach a report.
 SECRETS = ("APIKEY-7f3a9c1e-prod-billing", "APIKEY-52d0b8aa-prod-ledger", "APIKEY-c41e77f0-prod-admin")
 RECAP = re.compile(
@@ -99,7 +97,7 @@ def rollout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
     root = tmp_path_factory.mktemp("rollout-fleet")
     fleet = Fleet(root)
-    fleet.up(hosts=4, base_port=BASE_PORT, mismatch_host=3)
+    fleet.up(hosts=4, base_port=free_base_port(4), mismatch_host=3)
     try:
         inventory = fleet.inventory_path
         before = snapshot(fleet)
@@ -229,7 +227,7 @@ def test_failing_canary_wave_stops_the_rollout(tmp_path: Path) -> None:
     if not have_wine():
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
     fleet = Fleet(tmp_path / "fleet")
-    fleet.up(hosts=3, base_port=STOP_BASE_PORT, mismatch_host=0)
+    fleet.up(hosts=3, base_port=free_base_port(3), mismatch_host=0)
     try:
         before = snapshot(fleet)
         proc = run_playbook(
@@ -254,14 +252,11 @@ def test_failing_canary_wave_stops_the_rollout(tmp_path: Path) -> None:
     assert 'type="rollout_stopped"' in junit
 
 
-COLD_BASE_PORT = 29280 + 40
-
-
 def test_forced_cold_path_restarts_or_reboots_inside_the_window_and_then_stays_put(tmp_path: Path) -> None:
     if not have_wine():
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
     fleet = Fleet(tmp_path / "fleet")
-    fleet.up(hosts=2, base_port=COLD_BASE_PORT, mismatch_host=0)
+    fleet.up(hosts=2, base_port=free_base_port(2), mismatch_host=0)
     policy = {
         "demo_fault_hosts": [],
         "hotpatch_force_cold": True,

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from bench.soak import DRIVER_CASE, SoakConfig, SoakResult, run_soak
+from demo.fleet import free_base_port
 from tests.fixtures.pe import build_all
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 
 CYCLES = 50
-BASE_PORT = 38180  # private demo host: test_demo_fleet 28080+, test_modules 28680, rollouts 29080+, the bench 38080
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> SoakResult:
     if not Path("/usr/lib/wine/wine64").exists():
         pytest.skip("needs wine64")
     config = SoakConfig(
-        cycles=CYCLES, sample_every=10, base_port=BASE_PORT, workdir=tmp_path_factory.mktemp("soak"), threads=2
+        cycles=CYCLES, sample_every=10, base_port=free_base_port(1), workdir=tmp_path_factory.mktemp("soak"), threads=2
     )
     return run_soak(config)
 
