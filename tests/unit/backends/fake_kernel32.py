@@ -9,6 +9,9 @@ debuggee). It is strict where Windows is lenient, so mistakes in the backend fai
 - threads are frozen exactly while a debug event raised by a live thread (the injected break-in thread's creation or
   breakpoint) is reported and not yet continued; code (executable pages) may be written only while every thread is
   frozen, and GetThreadContext of a running thread is an error (it also needs a 16-byte aligned CONTEXT);
+- once the injected thread's creation is continued it runs to DbgBreakPoint: a detach (or the engine's death)
+  before that breakpoint is answered with DBG_CONTINUE leaves it to the target's own exception handling, an error;
+  a detach while its creation is still pending lets it exit without a breakpoint (the debugger flag is cleared first);
 - WaitForDebugEvent / ContinueDebugEvent / DebugActiveProcessStop / DebugSetProcessKillOnExit must come from the
   Python thread that owns the debug object (the one that attached); an INFINITE wait is an error (it could hang);
 - the engine's death (``die_before_call``, then ``engine_dies``) or the debugger thread's exit
@@ -39,6 +42,7 @@ NTDLL_EXPORTS = {
     "RtlDeleteFunctionTable": 0x2000,
     "DbgBreakPoint": 0x3000,
     "DbgUiRemoteBreakin": 0x3100,
+    "RtlUserThreadStart": 0x3200,
 }
 BREAKIN_TID_BASE = 9000  # ids of the threads the system injects at attach
 BREAKIN_STACK = 0x7F_0000  # where the injected thread's stack lives while it exists
@@ -93,12 +97,15 @@ class DebugEvent:
 
 @dataclass
 class DebugPort:
-    """A process attached to a debug object: its pending events, the one reported and not yet continued."""
+    """A process attached to a debug object: its pending events, the one reported and not yet continued, and how
+    far the injected thread got (started running: it will execute DbgBreakPoint; its breakpoint answered)."""
 
     owner: int  # threading.get_ident() of the debugger thread
     queue: list[DebugEvent]
     reported: DebugEvent | None = None
     system_handles: set[int] = field(default_factory=set)  # thread/process handles the debug events carried
+    breakin_running: bool = False
+    breakpoint_answered: bool = False
 
 
 @dataclass
@@ -119,7 +126,9 @@ class Process:
     deny_open: int = 0  # Win32 error OpenProcess fails with, or 0
     deny_debug: int = 0  # Win32 error DebugActiveProcess fails with, or 0
     other_debugger: bool = False  # attached to a debugger outside the engine
-    breakin_stalls: bool = False  # the injected thread never reaches its breakpoint (loader lock held)
+    breakin_unreported: bool = False  # the injected thread is never reported (neither created nor at its breakpoint)
+    breakin_start_reported: bool = True  # its CREATE_THREAD names DbgUiRemoteBreakin (else another start address)
+    unanswered_breakpoints: int = 0  # injected breakpoints left to the target's own exception handling
     attach_extra: list[DebugEvent] = field(default_factory=list)  # events raised during the attach, before it
     debug: DebugPort | None = None
     alive: bool = True
@@ -211,6 +220,11 @@ class FakeKernel32:
                 raise StrictnessError(f"pid {process.pid} was killed")
             if process.debug is not None:
                 raise StrictnessError(f"pid {process.pid} left attached to the engine's debug object")
+            if process.unanswered_breakpoints:
+                raise StrictnessError(
+                    f"pid {process.pid}: the injected thread's breakpoint was left unanswered, to the target's own "
+                    "exception handling"
+                )
             for thread in process.threads.values():
                 if thread.state != "running":
                     raise StrictnessError(f"thread {thread.tid} of pid {process.pid} left {thread.state}")
@@ -591,6 +605,10 @@ class FakeKernel32:
         if process.debug is not None:
             for handle in process.debug.system_handles:
                 self.handles.pop(handle, None)
+            if process.debug.breakin_running and not process.debug.breakpoint_answered:
+                # Its DbgBreakPoint reaches no debugger (STATUS_DEBUGGER_INACTIVE) and goes to the target's own
+                # exception handling: Wine's DbgUiRemoteBreakin catches it; Windows' is not known to.
+                process.unanswered_breakpoints += 1
         process.debug = None
         for tid in [t for t in process.threads if t >= BREAKIN_TID_BASE]:
             del process.threads[tid]  # it returns from DbgBreakPoint and exits; its stack goes with it
@@ -639,23 +657,25 @@ class FakeKernel32:
         queue += [DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, t.tid, start=t.start) for t in others]
         queue += process.attach_extra
         self._next_breakin += 1
-        breakin = Thread(
+        breakin = Thread(  # not started yet: its context is the initial one, in RtlUserThreadStart
             self._next_breakin,
-            NTDLL_BASE + NTDLL_EXPORTS["DbgBreakPoint"],
+            NTDLL_BASE + NTDLL_EXPORTS["RtlUserThreadStart"],
             BREAKIN_STACK + 0xF000,
-            NTDLL_BASE + NTDLL_EXPORTS["DbgUiRemoteBreakin"],
+            NTDLL_BASE
+            + NTDLL_EXPORTS["DbgUiRemoteBreakin" if process.breakin_start_reported else "RtlUserThreadStart"],
         )
         process.threads[breakin.tid] = breakin
         process.regions.append(Region(BREAKIN_STACK, 0x10000, w.PAGE_READWRITE, bytearray(0x10000), BREAKIN_STACK))
-        queue.append(DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, breakin.tid, live=True, start=breakin.start))
-        if not process.breakin_stalls:
+        if not process.breakin_unreported:
+            queue.append(DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, breakin.tid, live=True, start=breakin.start))
+            breakpoint_at = NTDLL_BASE + NTDLL_EXPORTS["DbgBreakPoint"]
             queue.append(
                 DebugEvent(
                     w.EXCEPTION_DEBUG_EVENT,
                     breakin.tid,
                     live=True,
                     exception_code=w.EXCEPTION_BREAKPOINT,
-                    address=breakin.rip,
+                    address=breakpoint_at,
                 )
             )
         process.debug = DebugPort(threading.get_ident(), queue)
@@ -725,7 +745,13 @@ class FakeKernel32:
             process.alive = False
             self._detach(process)
             return 1
+        if event.code == w.CREATE_THREAD_DEBUG_EVENT and tid >= BREAKIN_TID_BASE:
+            debug.breakin_running = True  # it runs on to DbgBreakPoint: from now on a breakpoint is due
+            process.threads[tid].rip = NTDLL_BASE + NTDLL_EXPORTS["DbgBreakPoint"]
         if event.code == w.EXCEPTION_DEBUG_EVENT and tid >= BREAKIN_TID_BASE:
+            if status != w.DBG_CONTINUE:
+                process.unanswered_breakpoints += 1
+            debug.breakpoint_answered = True
             debug.queue.append(DebugEvent(w.EXIT_THREAD_DEBUG_EVENT, tid, live=True))  # DbgUiRemoteBreakin returns
         self._set_frozen(process)
         return 1

@@ -28,7 +28,7 @@ __all__ = ["WindowsBackend", "WindowsProcess", "remote_call_stub"]
 
 STACK_WINDOW = 64 * 1024  # bytes of each stack scanned for return addresses (activeness check)
 REMOTE_CALL_TIMEOUT_MS = 5000
-ATTACH_TIMEOUT_MS = 5000  # from DebugActiveProcess to the attach breakpoint
+ATTACH_TIMEOUT_MS = 5000  # from DebugActiveProcess to the injected thread's event
 _PAGE = 0x1000
 
 
@@ -245,7 +245,7 @@ class WindowsProcess:
     # -- threads --------------------------------------------------------------------------------------------------
 
     def quiesce(self, with_stacks: bool = False) -> _Quiesced:
-        """Freeze every thread by attaching as a debugger and holding the attach breakpoint; read their contexts.
+        """Freeze every thread by attaching as a debugger and holding the injected thread's event; read contexts.
 
         The debug object belongs to the calling thread: ``resume()`` must run on this same thread. Engine threads
         may each handle their own process at the same time; one thread may patch several processes one after
@@ -370,13 +370,19 @@ class WindowsProcess:
 class _Quiesced:
     """The target frozen under the debug API by ``WindowsProcess.quiesce``; ``resume`` lets it run and detaches.
 
-    While a debug event is pending (reported and not yet continued), Windows keeps every thread of the debuggee
-    stopped; the engine holds the breakpoint of the thread the system injects at attach (ntdll!DbgUiRemoteBreakin
-    calling DbgBreakPoint). Unlike SuspendThread, this survives the engine: the debug object is set to detach,
-    not kill, when it is closed (DebugSetProcessKillOnExit(FALSE), set before attaching), and Windows closes it
-    when the attaching thread or the engine's process ends however it ends; the pending event is then dropped
-    and every thread runs on. Thread and process handles that debug events carry belong to the system (closed by
-    DebugActiveProcessStop or when their exit event is continued); file handles are ours to close.
+    While a debug event raised by a live thread is pending (reported and not yet continued), Windows keeps every
+    thread of the debuggee stopped. At attach the system injects a thread that starts at ntdll!DbgUiRemoteBreakin
+    and, if it still finds a debugger, executes DbgBreakPoint. The engine holds that thread's CREATE_THREAD event,
+    reported before it runs any code: detaching then (DebugActiveProcessStop, or the debug object closing when
+    the engine dies) clears the process's debugger flag before waking it, so it exits without a breakpoint, and
+    nothing depends on how the target would handle a breakpoint nobody answers. Only when that creation is not
+    reported with this start address is the breakpoint itself held (then continued before the detach).
+
+    Unlike SuspendThread, this survives the engine: the debug object is set to detach, not kill, when it is
+    closed (DebugSetProcessKillOnExit(FALSE), set before attaching), and Windows closes it when the attaching
+    thread or the engine's process ends however it ends; the pending event is dropped and every thread runs on.
+    Thread and process handles that debug events carry belong to the system (closed by DebugActiveProcessStop or
+    when their exit event is continued); file handles are ours to close.
     """
 
     def __init__(self, process: WindowsProcess, breakin_start: int, breakin_address: int) -> None:
@@ -386,15 +392,15 @@ class _Quiesced:
         self.breakin_start = breakin_start  # ntdll!DbgUiRemoteBreakin in the target
         self.breakin_address = breakin_address  # ntdll!DbgBreakPoint in the target
         self.handles: Dict[int, Any] = {}  # tid -> thread handle from its CREATE_PROCESS/CREATE_THREAD event
-        self.starts: Dict[int, int] = {}  # tid -> start address from the same event
         self.threads: List[ThreadState] = []
         self.breakin_tid: Optional[int] = None  # the injected thread: listed, stopped in ntdll, never in patched code
-        self.held: Optional[int] = None  # thread id of the attach breakpoint event we have not continued
+        self.held: Optional[int] = None  # thread id of the event we hold (not continued) to keep the target stopped
+        self.held_code = 0  # CREATE_THREAD_DEBUG_EVENT (detach without continuing) or EXCEPTION_DEBUG_EVENT
         self.attached = False
         self.pause_started_ns = time.perf_counter_ns()
 
     def attach(self) -> None:
-        """Connect, make the connection detach on close, attach, and wait for the attach breakpoint."""
+        """Connect, make the connection detach on close, attach, and wait for the injected thread."""
         api, win = self.process.api, self.process.win
         status = api.DbgUiConnectToDbg()
         if status < 0:  # NTSTATUS failure
@@ -428,7 +434,8 @@ class _Quiesced:
         return self.process.win.fail(f"DebugActiveProcess({self.pid})", error)
 
     def _wait_for_breakin(self) -> None:
-        """Answer the attach events until the injected thread reports its breakpoint; keep that one pending."""
+        """Answer the attach events until the injected thread is reported (created, or at its breakpoint); keep
+        that event pending."""
         api, win = self.process.api, self.process.win
         event = w.DEBUG_EVENT()
         deadline = time.monotonic() + ATTACH_TIMEOUT_MS / 1000.0
@@ -439,17 +446,19 @@ class _Quiesced:
                     raise win.fail(f"WaitForDebugEvent({self.pid})")
                 raise BackendError(
                     f"pid {self.pid} did not stop within {ATTACH_TIMEOUT_MS} ms of attaching (the thread Windows "
-                    "injects to stop it did not run; a thread may hold the loader lock); detached, nothing changed: "
-                    "try again later"
+                    "injects to stop it was not reported); detached, nothing changed: try again later"
                 )
             code, tid = int(event.dwDebugEventCode), int(event.dwThreadId)
             status = w.DBG_CONTINUE
             if code == w.CREATE_PROCESS_DEBUG_EVENT:
                 info = event.u.CreateProcessInfo
                 self._close_file(info.hFile)
-                self._add_thread(tid, info.hThread, int(info.lpStartAddress or 0))
+                self._add_thread(tid, info.hThread)
             elif code == w.CREATE_THREAD_DEBUG_EVENT:
-                self._add_thread(tid, event.u.CreateThread.hThread, int(event.u.CreateThread.lpStartAddress or 0))
+                self._add_thread(tid, event.u.CreateThread.hThread)
+                if int(event.u.CreateThread.lpStartAddress or 0) == self.breakin_start:
+                    self._hold(code, tid)
+                    return
             elif code == w.EXIT_THREAD_DEBUG_EVENT:
                 self.handles.pop(tid, None)  # the system closes it when this event is continued
             elif code == w.LOAD_DLL_DEBUG_EVENT:
@@ -459,19 +468,21 @@ class _Quiesced:
                 raise BackendError(f"pid {self.pid} exited while the engine was stopping it; nothing to patch there")
             elif code == w.EXCEPTION_DEBUG_EVENT:
                 record = event.u.Exception.ExceptionRecord
-                if record.ExceptionCode == w.EXCEPTION_BREAKPOINT and (
-                    self.starts.get(tid) == self.breakin_start
-                    or int(record.ExceptionAddress or 0) == self.breakin_address
+                if record.ExceptionCode == w.EXCEPTION_BREAKPOINT and int(record.ExceptionAddress or 0) == (
+                    self.breakin_address
                 ):
-                    self.breakin_tid = self.held = tid  # not continued: every thread stays stopped
+                    self._hold(code, tid)
                     return
                 status = w.DBG_EXCEPTION_NOT_HANDLED  # the target's own exception: its handlers see it as always
             win.check(api.ContinueDebugEvent(self.pid, tid, status), f"ContinueDebugEvent({self.pid}, {tid})")
 
-    def _add_thread(self, tid: int, handle: Any, start: int) -> None:
+    def _hold(self, code: int, tid: int) -> None:
+        self.breakin_tid = self.held = tid  # not continued: every thread stays stopped
+        self.held_code = code
+
+    def _add_thread(self, tid: int, handle: Any) -> None:
         if handle:
             self.handles[tid] = handle
-            self.starts[tid] = start
 
     def _close_file(self, handle: Any) -> None:
         if handle:
@@ -495,7 +506,7 @@ class _Quiesced:
             self.threads.append(ThreadState(tid, int(context.Rip), int(context.Rsp), stack))
 
     def resume(self) -> int:
-        """Continue the held breakpoint and detach; returns the pause in microseconds (from the attach to the
+        """Detach (continuing a held breakpoint first); returns the pause in microseconds (from the attach to the
         detach). Raises BackendError when called from another thread than ``quiesce`` (nothing done then)."""
         if threading.get_ident() != self.owner:
             raise BackendError(
@@ -504,10 +515,12 @@ class _Quiesced:
             )
         api, win = self.process.api, self.process.win
         failures = []
-        if self.held is not None:
-            if not api.ContinueDebugEvent(self.pid, self.held, w.DBG_CONTINUE):
-                failures.append(win.fail(f"ContinueDebugEvent({self.pid}, {self.held})"))
-            self.held = None
+        # A held CREATE_THREAD is not continued: the detach releases it after clearing the debugger flag, so the
+        # injected thread exits without its breakpoint (continuing first would race it to the breakpoint).
+        held, self.held = self.held, None
+        continue_first = self.held_code == w.EXCEPTION_DEBUG_EVENT and held is not None
+        if continue_first and not api.ContinueDebugEvent(self.pid, held, w.DBG_CONTINUE):
+            failures.append(win.fail(f"ContinueDebugEvent({self.pid}, {held})"))
         if self.attached:
             # Also releases any event raised since (the injected thread's exit): the threads run on.
             if not api.DebugActiveProcessStop(self.pid):
