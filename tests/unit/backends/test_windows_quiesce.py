@@ -70,17 +70,9 @@ def _rollback(process: WindowsProcess) -> None:
 SEQUENCES: dict[str, Callable[[WindowsProcess], None]] = {"apply": _apply, "rollback": _rollback}
 
 
-def _debug_calls(fake: FakeKernel32) -> list[tuple[Any, ...]]:
-    return list(fake.debug_log)
-
-
-def test_apply_quiesce_connects_sets_detach_on_exit_attaches_holds_the_injected_thread_and_detaches(
-    kernel: FakeKernel32,
-) -> None:
-    with WindowsBackend(kernel).open(PID) as process:
-        _apply(process)
-    breakin = BREAKIN_TID_BASE + 1
-    assert _debug_calls(kernel) == [
+def _one_quiesce(breakin: int) -> list[tuple[Any, ...]]:
+    """The debug-API calls (and context reads) of one quiesce and resume of the three-thread target."""
+    return [
         ("DbgUiConnectToDbg",),
         ("DebugSetProcessKillOnExit", False),  # before the attach: no instant where our death kills the target
         ("DebugActiveProcess", PID),
@@ -103,6 +95,14 @@ def test_apply_quiesce_connects_sets_detach_on_exit_attaches_holds_the_injected_
         ("GetThreadContext", breakin),  # listed too: not started, in ntdll, never in patched code
         ("DebugActiveProcessStop", PID),  # not continued first: it exits without reaching its breakpoint
     ]
+
+
+def test_apply_quiesce_connects_sets_detach_on_exit_attaches_holds_the_injected_thread_and_detaches(
+    kernel: FakeKernel32,
+) -> None:
+    with WindowsBackend(kernel).open(PID) as process:
+        _apply(process)
+    assert kernel.debug_log == _one_quiesce(BREAKIN_TID_BASE + 1)
     assert bytes(kernel.processes[PID].regions[0].data[ENTRY : ENTRY + 2]) == b"\xeb\xf9"
     kernel.assert_no_leaks()
 
@@ -119,6 +119,7 @@ def test_rollback_quiesce_reads_every_stack_and_lists_the_injected_thread_in_ntd
         assert states[BREAKIN_TID_BASE + 1].rip == THREAD_START
         assert MODULE_BASE + ENTRY + 7 in states[1001].stack and 0x1234 not in states[1001].stack
         assert quiesced.resume() >= 0
+    assert kernel.debug_log == _one_quiesce(BREAKIN_TID_BASE + 1)  # the same calls as apply's, stacks read besides
     kernel.assert_no_leaks()
     guarded = [(MODULE_BASE + ENTRY, MODULE_BASE + ENTRY + 0x40, "fee")]
     with WindowsBackend(kernel).open(PID) as process:
