@@ -3,6 +3,11 @@
 Signals are never swallowed: a task found in a signal-delivery-stop gets its signal back at detach; a signal
 that arrives while we run code on a task (remote syscall or call) is re-sent with tgkill after the detach.
 A group-stop (SIGSTOP'ed process) survives: the kernel puts the task back into it when we detach.
+
+The pause is kept short by doing everything that can run before the first stop first: tasks are seized (they
+keep running) and their /proc stat files opened, then all are interrupted in one sweep, and stops are collected
+in arrival order. Ptrace state (lingering tasks) is per tracer thread: each thread of the engine traces its own
+processes.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
@@ -17,6 +23,8 @@ from typing import Dict, List, Optional, Set, Tuple
 from ..errors import BackendError
 from . import _ptrace
 from ._procfs import task_ids, tracer_pid
+
+_NUM_THREADS_FIELD = 17  # /proc/PID/stat field 20 (num_threads), counted from field 3 (state)
 
 __all__ = ["StoppedProcess", "StoppedTask", "detach_lingering", "stop_all"]
 
@@ -48,9 +56,11 @@ class StoppedProcess:
     attached: Set[int] = field(default_factory=set)
     gone: Set[int] = field(default_factory=set)
     resend: List[Tuple[int, int]] = field(default_factory=list)
-    started_ns: int = 0
+    started_ns: int = 0  # first PTRACE_INTERRUPT: the pause starts here
+    all_stopped_ns: int = 0  # every task seen stopped (stop_all returned)
     released: bool = False
     scheduling: Optional[Tuple[int, int]] = None  # our thread's policy and priority before the pause
+    stat_fds: Dict[int, int] = field(default_factory=dict)  # tid -> open /proc/PID/task/TID/stat (-1: none)
 
     def release(self) -> int:
         """Detach every task (re-delivering held signals); returns the pause in microseconds. Idempotent."""
@@ -62,9 +72,11 @@ class StoppedProcess:
         for tid in sorted(self.attached):
             task = self.tasks.get(tid)
             if task is None:  # seized but never seen stopped (error path): it must stop before it can detach
-                result = _ptrace.wait_stop(tid, time.monotonic_ns() + 200_000_000)
+                with contextlib.suppress(OSError):  # maybe seized and not yet interrupted
+                    _ptrace.interrupt(tid)
+                result = _ptrace.wait_stop(tid, time.monotonic_ns() + 200_000_000, state=self.state_of)
                 if result is None:
-                    _LINGERING.add(tid)  # still in uninterruptible sleep: detached by the next stop or release
+                    _lingering().add(tid)  # still in uninterruptible sleep: detached by the next stop or release
                     continue
                 if result.gone:
                     continue
@@ -80,6 +92,7 @@ class StoppedProcess:
                     failures.append(f"thread {tid}: {exc}")
         _reap(self.pid, dead)
         pause_us = (time.monotonic_ns() - self.started_ns) // 1000 if self.started_ns else 0
+        self.close_stat_files()
         _restore_scheduling(self.scheduling)
         detach_lingering()
         for tid, sig in self.resend:
@@ -91,6 +104,31 @@ class StoppedProcess:
                 f"could not detach from process {self.pid} ({'; '.join(failures)}); the engine's exit detaches them"
             )
         return pause_us
+
+    def open_stat_file(self, tid: int) -> None:
+        """Open /proc/PID/task/TID/stat now (before the pause), so ``state_of`` costs one pread in it."""
+        try:
+            self.stat_fds[tid] = os.open(f"/proc/{self.pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.stat_fds[tid] = -1
+
+    def state_of(self, tid: int) -> str:
+        """The task's state letter like _ptrace.task_state, read through the file opened before the pause."""
+        fd = self.stat_fds.get(tid, -1)
+        if fd < 0:
+            return _ptrace.task_state(tid)
+        try:
+            text = os.pread(fd, 512, 0)
+        except OSError:  # ESRCH: the task is gone
+            return "X"
+        end = text.rfind(b")")
+        return chr(text[end + 2]) if 0 <= end < len(text) - 2 else "X"
+
+    def close_stat_files(self) -> None:
+        for fd in self.stat_fds.values():
+            if fd >= 0:
+                os.close(fd)
+        self.stat_fds.clear()
 
 
 def _reap(pid: int, dead: List[int]) -> None:
@@ -119,17 +157,28 @@ def _parent_of(pid: int) -> int:
 
 
 # Tasks we seized that had not stopped when we gave up on them (stuck in "D"): a seized task stops as soon as it
-# can, and would then stay stopped until this process exits; every later stop or release detaches them.
-_LINGERING: Set[int] = set()
+# can, and would then stay stopped until this process exits; every later stop or release detaches them. Only
+# the thread that seized a task can wait for or detach it, so each tracer thread keeps its own set.
+_TRACER = threading.local()
+
+
+def _lingering() -> Set[int]:
+    """The calling thread's lingering tasks."""
+    tids: Optional[Set[int]] = getattr(_TRACER, "lingering", None)
+    if tids is None:
+        tids = set()
+        _TRACER.lingering = tids
+    return tids
 
 
 def detach_lingering() -> None:
-    """Detach every lingering task that has reached its stop (or is gone) by now."""
-    for tid in sorted(_LINGERING):
+    """Detach every lingering task of the calling thread that has reached its stop (or is gone) by now."""
+    lingering = _lingering()
+    for tid in sorted(lingering):
         result = _ptrace.wait_stop(tid, 0, block=False)
         if result is None:
             continue
-        _LINGERING.discard(tid)
+        lingering.discard(tid)
         if not result.gone:
             with contextlib.suppress(OSError):
                 _ptrace.detach(tid, result.sig if result.signal_delivery else 0)
@@ -185,14 +234,79 @@ def _seize(sp: StoppedProcess, tid: int) -> bool:
             ) from exc
         raise BackendError(f"cannot attach to thread {tid} of process {sp.pid}: {exc}") from exc
     sp.attached.add(tid)
-    if not sp.started_ns:
-        sp.started_ns = time.monotonic_ns()
-    try:
-        _ptrace.interrupt(tid)
-    except OSError as exc:
-        if exc.errno != errno.ESRCH:
-            raise BackendError(f"cannot interrupt thread {tid} of process {sp.pid}: {exc}") from exc
+    sp.open_stat_file(tid)
     return True
+
+
+def _interrupt(sp: StoppedProcess, tids: List[int]) -> None:
+    """PTRACE_INTERRUPT each seized task; the pause starts with the first (a seized task runs on until then)."""
+    if not sp.started_ns and tids:
+        sp.started_ns = time.monotonic_ns()
+    for tid in tids:
+        try:
+            _ptrace.interrupt(tid)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:  # ESRCH: exited meanwhile; its wait reports it gone
+                raise BackendError(f"cannot interrupt thread {tid} of process {sp.pid}: {exc}") from exc
+
+
+def _collect(sp: StoppedProcess, tids: List[int], deadline: int, timeout_ns: int) -> None:
+    """Wait for every interrupted task's stop, taking them in the order they arrive: one WNOHANG sweep over the
+    pending tasks, and a blocking wait on one of them only when none has stopped yet. Registers are read as each
+    stop is seen; a task found gone moves to ``sp.gone``."""
+    pending = list(tids)
+    while pending:
+        waiting = []
+        for tid in pending:
+            result = _ptrace.wait_stop(tid, 0, block=False)  # a single waitpid(WNOHANG)
+            if result is None:
+                waiting.append(tid)
+            else:
+                _stopped(sp, tid, result)
+        if not waiting:
+            return
+        first = waiting.pop(0)
+        result = _ptrace.wait_stop(first, deadline, state=sp.state_of)
+        if result is None:
+            raise BackendError(
+                f"thread {first} of process {sp.pid} did not stop within {timeout_ns // 1_000_000} ms "
+                "(uninterruptible sleep?): try again later"
+            )
+        _stopped(sp, first, result)
+        pending = waiting
+
+
+def _stopped(sp: StoppedProcess, tid: int, result: _ptrace.WaitResult) -> None:
+    if result.gone:
+        sp.attached.discard(tid)
+        sp.gone.add(tid)
+        return
+    try:
+        regs = _ptrace.get_regs(tid)
+    except OSError:  # killed while stopped
+        sp.attached.discard(tid)
+        sp.gone.add(tid)
+        return
+    sp.tasks[tid] = StoppedTask(tid, regs, result.sig if result.signal_delivery else 0)
+
+
+def _open_stat(pid: int) -> int:
+    """/proc/PID/stat opened before the pause (-1 when it cannot be), for ``_threads_in_group``."""
+    try:
+        return os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _threads_in_group(stat_fd: int) -> int:
+    """num_threads of /proc/PID/stat: live threads plus those exited and not yet reaped; -1 when unreadable."""
+    if stat_fd < 0:
+        return -1
+    try:
+        text = os.pread(stat_fd, 1024, 0)
+        return int(text[text.rindex(b")") + 2 :].split()[_NUM_THREADS_FIELD])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> StoppedProcess:
@@ -204,6 +318,7 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> Sto
     sp = StoppedProcess(pid)
     deadline = time.monotonic_ns() + timeout_ns
     sp.scheduling = _realtime()
+    stat_fd = _open_stat(pid) if not limit else -1
     try:
         while True:
             try:
@@ -216,29 +331,22 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> Sto
             if limit:
                 new = new[:1]
             seized = [tid for tid in new if _seize(sp, tid)]
-            for tid in seized:
-                result = _ptrace.wait_stop(tid, deadline)
-                if result is None:
-                    raise BackendError(
-                        f"thread {tid} of process {pid} did not stop within {timeout_ns // 1_000_000} ms "
-                        "(uninterruptible sleep?): try again later"
-                    )
-                if result.gone:
-                    sp.attached.discard(tid)
-                    sp.gone.add(tid)
-                    continue
-                try:
-                    regs = _ptrace.get_regs(tid)
-                except OSError:  # killed while stopped
-                    sp.attached.discard(tid)
-                    sp.gone.add(tid)
-                    continue
-                sp.tasks[tid] = StoppedTask(tid, regs, result.sig if result.signal_delivery else 0)
+            _interrupt(sp, seized)
+            _collect(sp, seized, deadline, timeout_ns)
             if limit and sum(1 for task in sp.tasks.values() if not task.held_signal) >= limit:
+                break
+            # A task can only be created by a running one, and a clone in progress completes before its caller
+            # stops: once every task is stopped, a thread count equal to ours means there is no new task, and
+            # the kernel tells that cheaper than a listing does (the listing runs when the counts differ).
+            if not limit and _threads_in_group(stat_fd) == len(sp.tasks):
                 break
         if not sp.tasks:
             raise BackendError(f"process {pid} is gone (no thread left to stop)")
     except BaseException:
         sp.release()
         raise
+    finally:
+        if stat_fd >= 0:
+            os.close(stat_fd)
+    sp.all_stopped_ns = time.monotonic_ns()
     return sp
