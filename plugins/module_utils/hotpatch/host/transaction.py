@@ -84,6 +84,7 @@ class PatchTransaction:
         )
         self.record: Optional[ProcessRecord] = None
         self._table_registered = False
+        self._jumps: List[bytes] = []  # the bytes of each journaled write, decoded before the pause
 
     # -- the pipeline ------------------------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class PatchTransaction:
             unwind_table=address + unwind.offset if unwind and unwind.count else None,
             unwind_count=unwind.count if unwind else 0,
         )
-        self.file.processes.append(self.record)
+        self.journal.add_process(self.file, self.record)
         self.journal.save(self.file)
         fault_point("apply_after_allocate")
         try:
@@ -214,6 +215,7 @@ class PatchTransaction:
             entry_original = function.entry[:SHORT_JUMP_SIZE]
             entries.append(JournalWrite(function.name, "entry", entry_at, entry_original.hex(), short_jump.hex()))
         self.record.writes = padding + entries
+        self._jumps = [bytes.fromhex(write.new) for write in self.record.writes]
         self.journal.touch(self.record, "switching")
         try:
             self.journal.save(self.file)
@@ -232,8 +234,8 @@ class PatchTransaction:
         fault_point("apply_after_quiesce")
         written: List[JournalWrite] = []
         try:
-            for write in self.record.writes:
-                handle.write(write.address, bytes.fromhex(write.new))
+            for write, jump in zip(writes, self._jumps):
+                handle.write(write.address, jump)
                 written.append(write)
                 if write is first_padding:
                     fault_point("apply_after_padding")

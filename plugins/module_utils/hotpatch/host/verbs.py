@@ -3,6 +3,11 @@
 ``Engine(request, backend).run()`` returns the VerbResult; errors of the whole verb raise EngineError subclasses
 (``__main__`` turns them into the JSON ``error`` and the exit code). Changing verbs hold the host lock and run
 ``recover`` first.
+
+``apply``, ``plan`` and ``rollback`` work on several processes at once, in worker threads (``workers``, default
+min(8, processes)). ptrace binds a tracee to the tracer thread, and a Windows debug attach is per thread too, so
+each process is handled wholly by one worker: open, verify, stage, quiesce, switch, resume, rollback, close.
+Results are reported in PID order whatever order the workers finish in.
 """
 
 from __future__ import annotations
@@ -10,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+import sys
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from ..backends import platform_of, select_backend
 from ..backends.base import Backend, ModuleInfo, ProcessInfo
-from ..errors import EngineError, RequestError
+from ..errors import BackendError, EngineError, RequestError
 from ..package import Package, read_package
 from .codestate import FileHashes, check_image, code_of, describe_other, read_functions
 from .coldpatch import stage_module, unstage_module
-from .discovery import Target, discover, identity, select
+from .discovery import Target, discover, find_module, identity, select
 from .facts import os_facts
 from .journal import ApplyJournal, Journal, PackageRef, ProcessRecord
 from .lock import HostLock
@@ -29,15 +36,73 @@ from .rollback import RollbackTransaction
 from .transaction import Options, PatchTransaction
 from .trust import check_trust
 
-__all__ = ["Engine", "execute"]
+__all__ = ["DEFAULT_WORKERS", "Engine", "execute", "for_each_process"]
+
+DEFAULT_WORKERS = 8
+# While workers run, a thread whose process is stopped must get the GIL back quickly when its system call returns:
+# the default 5 ms switch interval would add up to 5 ms to a pause behind another worker's Python work.
+_SWITCH_INTERVAL_S = 0.0002
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+def for_each_process(items: Sequence[Item], work: Callable[[Item], Outcome], workers: int) -> List[Outcome]:
+    """``[work(item) for item in items]`` run by up to ``workers`` threads, each item wholly in one thread;
+    results in item order. With one worker (or one item) everything runs in the calling thread.
+
+    An exception stops the hand-out of further items (like the engine dying, nothing new is started); the workers
+    finish the items they hold, then the first exception is raised again in the caller.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
+    results: Dict[int, Outcome] = {}
+    failures: List[BaseException] = []
+    lock = threading.Lock()
+    position = [0]
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if failures or position[0] >= len(items):
+                    return
+                index = position[0]
+                position[0] += 1
+            try:
+                outcome = work(items[index])
+            except BaseException as exc:
+                with lock:
+                    failures.append(exc)
+                return
+            with lock:
+                results[index] = outcome
+
+    threads = [
+        threading.Thread(target=worker, name=f"rebootless-worker-{n}", daemon=True)
+        for n in range(min(workers, len(items)))
+    ]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, _SWITCH_INTERVAL_S))
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    if failures:
+        raise failures[0]
+    return [results[index] for index in range(len(items))]
 
 
 class Engine:
     """One verb run. ``backend`` is injected by tests; otherwise chosen from the request."""
 
-    def __init__(self, request: Request, backend: Optional[Backend] = None) -> None:
+    def __init__(self, request: Request, backend: Optional[Backend] = None, workers: Optional[int] = None) -> None:
         self.request = request
         self._backend = backend
+        # ``workers`` from the caller, else the request's (an optional request field), else min(8, processes)
+        self.workers = workers if workers is not None else int(getattr(request, "workers", 0) or 0)
         self.platform = backend.name if backend is not None else platform_of(request.backend)
         self.journal = Journal(request.state_dir)
         self.options = Options(request.retries, request.retry_delay_ms, request.activeness_check)
@@ -169,15 +234,20 @@ class Engine:
         applied = self._applied_index()
         hashes = FileHashes()
         record_file = self.journal.new_apply(ref)
-        with self._targets(manifest.module) as targets:
-            for target in targets:
+        chosen = sorted(select(self.backend.processes(), self.request.names, self.request.pids), key=lambda i: i.pid)
+
+        def apply_one(info: ProcessInfo) -> Tuple[Optional[ProcessResult], Optional[str]]:
+            """Everything for one process, in the calling worker thread: open, find the module, patch, close."""
+            target, reason = self._open_target(info, manifest.module)
+            if target is None:
+                return None, reason
+            try:
                 if not manifest.hotpatchable:
                     proc = _process_result(target, "refused")
                     proc.reason = "the package is cold-only: " + (
                         "; ".join(f"{r.function}: {r.reason}" for r in manifest.refusals) or "no hotpatchable function"
                     )
-                    self.result.add(proc)
-                    continue
+                    return proc, None
                 transaction = PatchTransaction(
                     target,
                     package,
@@ -188,7 +258,15 @@ class Engine:
                     hashes,
                     dry_run,
                 )
-                self.result.add(transaction.run())
+                return transaction.run(), None
+            finally:
+                target.handle.close()
+
+        outcomes = for_each_process(chosen, apply_one, self._workers(len(chosen)))
+        self.result.reasons.extend(reason for _proc, reason in outcomes if reason)
+        for proc, _reason in outcomes:
+            if proc is not None:
+                self.result.add(proc)
         if os.path.exists(record_file.path):
             self.result.journal = record_file.path
             if record_file.final:
@@ -197,11 +275,35 @@ class Engine:
             p.result == "refused" for p in self.result.processes
         )
 
+    def _open_target(self, info: ProcessInfo, module_name: str) -> Tuple[Optional[Target], Optional[str]]:
+        """(target, None) for a process with the module loaded; (None, reason or None) otherwise, with a reason
+        only when the request named processes (like ``discover``: a host has many the engine may not open)."""
+        explicit = bool(self.request.names or self.request.pids)
+        try:
+            handle = self.backend.open(info.pid)
+        except BackendError as exc:
+            return None, f"{info.name} (pid {info.pid}): cannot open the process: {exc}" if explicit else None
+        try:
+            module = find_module(handle.modules(), module_name)
+        except BackendError as exc:
+            handle.close()
+            return None, f"{info.name} (pid {info.pid}): cannot list its modules: {exc}" if explicit else None
+        if module is None:
+            handle.close()
+            return None, None
+        return Target(info, handle, module), None
+
+    def _workers(self, processes: int) -> int:
+        """Worker threads for ``processes`` processes: the requested count, or min(8, processes)."""
+        return max(1, min(self.workers or DEFAULT_WORKERS, processes))
+
     def _rollback(self, dry_run: bool) -> None:
         ref = self._ref()
         live = live_processes(self.backend)
         chosen = {identity(i) for i in select(list(live.values()), self.request.names, self.request.pids)}
-        for record_file in self.journal.applies(ref.key):
+        files = self.journal.applies(ref.key)
+        work: List[Tuple[ApplyJournal, ProcessRecord, ProcessInfo]] = []
+        for record_file in files:
             touched = False
             for record in record_file.processes:
                 if record.state != "applied":
@@ -212,11 +314,17 @@ class Engine:
                         self.journal.touch(record, "retired", "the process exited (or its PID was reused)")
                         touched = True
                     continue
-                if key not in chosen:
-                    continue
-                self.result.add(self._rollback_one(record_file, record, live[key], dry_run))
+                if key in chosen:
+                    work.append((record_file, record, live[key]))
             if touched:
                 self.journal.save(record_file)
+        work.sort(key=lambda item: item[2].pid)
+        outcomes = for_each_process(
+            work, lambda item: self._rollback_one(item[0], item[1], item[2], dry_run), self._workers(len(work))
+        )
+        for proc in outcomes:
+            self.result.add(proc)
+        for record_file in files:
             if not dry_run and record_file.final:
                 self.journal.archive(record_file)
             if not dry_run:
@@ -370,9 +478,12 @@ def _module_at(record: ProcessRecord) -> ModuleInfo:
     return ModuleInfo(os.path.basename(record.module_path), record.module_path, record.module_base, 0)
 
 
-def execute(request: Request, backend: Optional[Backend] = None) -> Tuple[int, VerbResult]:
-    """Run ``request`` and return (exit code, result); an error of the whole verb becomes ``result.error``."""
-    engine = Engine(request, backend)
+def execute(
+    request: Request, backend: Optional[Backend] = None, workers: Optional[int] = None
+) -> Tuple[int, VerbResult]:
+    """Run ``request`` and return (exit code, result); an error of the whole verb becomes ``result.error``.
+    ``workers`` overrides the request's worker count (tests and benchmarks)."""
+    engine = Engine(request, backend, workers)
     try:
         result = engine.run()
     except EngineError as exc:
