@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import threading
 import time
@@ -61,6 +62,7 @@ class StoppedProcess:
     released: bool = False
     scheduling: Optional[Tuple[int, int]] = None  # our thread's policy and priority before the pause
     stat_fds: Dict[int, int] = field(default_factory=dict)  # tid -> open /proc/PID/task/TID/stat (-1: none)
+    gc_held: bool = False
 
     def release(self) -> int:
         """Detach every task (re-delivering held signals); returns the pause in microseconds. Idempotent."""
@@ -92,6 +94,9 @@ class StoppedProcess:
                     failures.append(f"thread {tid}: {exc}")
         _reap(self.pid, dead)
         pause_us = (time.monotonic_ns() - self.started_ns) // 1000 if self.started_ns else 0
+        if self.gc_held:
+            self.gc_held = False
+            _allow_gc()
         self.close_stat_files()
         _restore_scheduling(self.scheduling)
         detach_lingering()
@@ -182,6 +187,28 @@ def detach_lingering() -> None:
         if not result.gone:
             with contextlib.suppress(OSError):
                 _ptrace.detach(tid, result.sig if result.signal_delivery else 0)
+
+
+# Python's cyclic garbage collector must not run while a process is stopped: a full collection over the engine's
+# objects (package, journal) takes milliseconds, and allocations in the pause (registers, wait results) can start
+# one. Worker threads pause processes concurrently, so collection stays off while any of them holds a pause.
+_GC_LOCK = threading.Lock()
+_GC_HOLDS = [0, 0]  # pauses in progress, and 1 when the collector was enabled before the first of them
+
+
+def _hold_gc() -> None:
+    with _GC_LOCK:
+        if _GC_HOLDS[0] == 0:
+            _GC_HOLDS[1] = 1 if gc.isenabled() else 0
+            gc.disable()
+        _GC_HOLDS[0] += 1
+
+
+def _allow_gc() -> None:
+    with _GC_LOCK:
+        _GC_HOLDS[0] -= 1
+        if _GC_HOLDS[0] == 0 and _GC_HOLDS[1]:
+            gc.enable()
 
 
 def _realtime() -> Optional[Tuple[int, int]]:
@@ -318,6 +345,8 @@ def stop_all(pid: int, timeout_ns: int = STOP_TIMEOUT_NS, limit: int = 0) -> Sto
     sp = StoppedProcess(pid)
     deadline = time.monotonic_ns() + timeout_ns
     sp.scheduling = _realtime()
+    _hold_gc()
+    sp.gc_held = True
     stat_fd = _open_stat(pid) if not limit else -1
     try:
         while True:
