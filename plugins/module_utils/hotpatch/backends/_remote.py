@@ -1,153 +1,247 @@
 """Internal: run one Linux system call, or call one function, on a task stopped by _stop.stop_all.
 
-Both borrow existing bytes of the target instead of writing code: a syscall executes a ``0f 05`` found in an
-executable mapping (single-stepped, so exactly one instruction runs), a call returns onto a ``cc`` found the
-same way. Every register (general and the full XSAVE state) is put back afterwards, so the task resumes
-exactly where it was stopped, and an interrupted system call of its own is restarted as the kernel would have.
+Both are self-restoring: the task's way out of the operation is an ``rt_sigreturn`` reading a signal frame that
+holds its own registers (see _sigframe). With the engine alive, the task is driven from syscall stop to syscall
+stop (PTRACE_SYSCALL) and the engine restores the registers at the entry of that rt_sigreturn (skipping it);
+if the engine dies at any moment, the task runs on into the rt_sigreturn and resumes where it was stopped. A
+syscall stop is also the only kind of stop a dead tracer may leave a task in without a signal being delivered
+afterwards (TRACESYSGOOD makes its code unsendable), which is why neither operation single-steps or traps.
+
+After an operation the task waits in an interrupt stop with its registers exactly as found: an interrupted system
+call of its own is restarted by the kernel when it resumes, as if nothing had happened in between.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import struct
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 from ..errors import BackendError
 from . import _ptrace
+from ._sigframe import (
+    CALL_STUB_FRAME_OFFSET,
+    CALL_STUB_SIGRETURN_END,
+    NO_SYSCALL,
+    RESTORE_RT,
+    SYS_RT_SIGRETURN,
+    frame_size,
+    resume_registers,
+    signal_frame,
+)
 from ._stop import StoppedProcess, StoppedTask
 
-__all__ = ["remote_call", "remote_syscall"]
+__all__ = ["CALL_TIMEOUT_NS", "RED_ZONE", "FrameSwitch", "Gadgets", "remote_call", "remote_syscall"]
 
-NO_SYSCALL = (1 << 64) - 1  # orig_rax = -1: the kernel must not restart an interrupted syscall under our regs
 _MASK64 = (1 << 64) - 1
 _FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 _EFLAGS_TF = 0x100
 _EFLAGS_DF = 0x400
 RED_ZONE = 128
 CALL_TIMEOUT_NS = 2_000_000_000
+SYSCALL_TIMEOUT_NS = 2_000_000_000
+
+Write = Callable[[int, bytes], None]
+
+
+@dataclass(frozen=True)
+class Gadgets:
+    """Addresses of instructions borrowed from the target: ``syscall_ret`` (``syscall; ret``) and ``sigreturn``
+    (glibc's ``mov rax, 15; syscall`` signal restorer)."""
+
+    syscall_ret: int
+    sigreturn: int
+
+
+@dataclass(frozen=True)
+class FrameSwitch:
+    """For a call on a thread blocked in Wine's Unix-side code: the TEB slot holding its syscall-frame pointer,
+    the fresh frame the call uses, and the live frame put back after it (by the stub itself, so a dead engine
+    leaves the pointer right)."""
+
+    pointer: int
+    fresh: int
+    live: int
 
 
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-def _restore(task: StoppedTask, saved: _ptrace.Regs) -> None:
-    try:
-        _ptrace.set_regs(task.tid, saved)
-    except OSError as exc:
-        raise BackendError(f"thread {task.tid}: could not restore registers ({exc}); the process is gone") from exc
+class _Operation:
+    """One self-restoring operation on one task: saves its state, writes the signal frame, drives it."""
 
+    def __init__(self, sp: StoppedProcess, task: StoppedTask, what: str) -> None:
+        self.sp, self.task, self.tid, self.what = sp, task, task.tid, what
+        self.saved = _ptrace.get_regs(task.tid)
+        self.xstate = _ptrace.get_xstate(task.tid)
+        self.sigmask = _ptrace.get_sigmask(task.tid)
+        self.back = resume_registers(self.saved)
+        self.restored = False
 
-def _stop_runaway(task: StoppedTask) -> None:
-    """Bring a task we let run back to a ptrace stop (after a timeout) so its registers can be restored."""
-    try:
-        _ptrace.interrupt(task.tid)
-    except OSError:
-        return
-    _ptrace.wait_stop(task.tid, time.monotonic_ns() + 1_000_000_000)
+    def frame(self, write: Write, top: int, slot_align: int, pretcode: int) -> int:
+        """Write the signal frame just below ``top`` with its pretcode slot at an address == ``slot_align``
+        (mod 16); returns that address."""
+        size = frame_size(self.xstate)
+        address = ((top - size - 16) & ~0xF) + slot_align
+        write(address, signal_frame(address, self.back, self.xstate, self.sigmask, pretcode))
+        return address
 
+    def start(self, regs: _ptrace.Regs) -> None:
+        regs.orig_rax = NO_SYSCALL
+        regs.eflags &= ~(_EFLAGS_TF | _EFLAGS_DF)
+        self.task.touched = True
+        _ptrace.set_regs(self.tid, regs)
 
-def remote_syscall(sp: StoppedProcess, task: StoppedTask, gadget: int, number: int, args: Sequence[int]) -> int:
-    """Run Linux system call ``number`` with up to six ``args`` on ``task``, executing the ``0f 05`` at
-    ``gadget``; returns the raw result as a signed int (-errno on failure). Raises BackendError when the
-    process dies or the task does not come back."""
-    saved = _ptrace.get_regs(task.tid)
-    regs = saved.copy()
-    regs.rax = number
-    for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-        setattr(regs, name, value & _MASK64)
-    regs.rip = gadget
-    regs.orig_rax = NO_SYSCALL
-    regs.eflags &= ~_EFLAGS_TF
-    task.touched = True
-    deadline = time.monotonic_ns() + CALL_TIMEOUT_NS
-    try:
-        _ptrace.set_regs(task.tid, regs)
-        for _attempt in range(64):
-            _ptrace.singlestep(task.tid, 0)
-            result = _ptrace.wait_stop(task.tid, deadline)
+    def until(self, deadline: int, want: Callable[[_ptrace.Regs], bool], block: bool = True) -> _ptrace.Regs:
+        """Resume with PTRACE_SYSCALL until a syscall stop whose registers satisfy ``want``; signals that arrive
+        meanwhile are held back and re-sent after the release, faults and timeouts raise BackendError. Without
+        ``block`` the wait polls (for code that may never stop: a blocking waitpid has no timeout)."""
+        while True:
+            _ptrace.syscall(self.tid, 0)
+            result = _ptrace.wait_stop(self.tid, deadline, block=block)
             if result is None:
-                _stop_runaway(task)
-                raise BackendError(f"remote system call {number} on thread {task.tid} timed out")
+                self._interrupt()
+                raise BackendError(
+                    f"{self.what} on thread {self.tid} of process {self.sp.pid} timed out (a lock held by a "
+                    "stopped thread?); registers were restored"
+                )
             if result.gone:
-                raise BackendError(f"process {sp.pid} exited during a remote system call")
-            now = _ptrace.get_regs(task.tid)
-            if now.rip == gadget + 2:
-                return _signed(now.rax)
-            if result.signal_delivery and result.sig != signal.SIGTRAP:
-                sp.resend.append((task.tid, result.sig))  # not ours: deliver it after we let go
-        raise BackendError(f"remote system call {number} on thread {task.tid} never completed")
+                raise BackendError(f"process {self.sp.pid} exited during {self.what}")
+            if result.syscall_stop:
+                regs = _ptrace.get_regs(self.tid)
+                if want(regs):
+                    return regs
+                continue  # a system call made by the called function
+            if not result.signal_delivery:  # group-stop or a stray interrupt: keep going
+                continue
+            if result.sig in _FAULTS:
+                rip = _ptrace.get_regs(self.tid).rip
+                raise BackendError(
+                    f"{self.what} faulted ({signal.Signals(result.sig).name} at {rip:#x}); registers were restored"
+                )
+            self.sp.resend.append((self.tid, result.sig))  # asynchronous: delivered after we let go
+
+    def finish(self, deadline: int) -> None:
+        """At the rt_sigreturn entry stop: restore the FP state, then the registers with the call skipped
+        (orig_rax -1; a death in between still runs the rt_sigreturn), then bring the task to an interrupt stop
+        before it reaches user mode and put back its registers exactly as found there. From that stop the
+        kernel restarts an interrupted system call itself, and until the task runs it still shows as blocked in
+        that call (the next quiesce and _pick_task see it as it was)."""
+        _ptrace.set_xstate(self.tid, self.xstate)
+        _ptrace.set_regs(self.tid, self.back)
+        self.restored = True
+        _ptrace.interrupt(self.tid)  # trapped now: the trap comes after this one ends, before user mode
+        _ptrace.cont(self.tid, 0)
+        while True:
+            result = _ptrace.wait_stop(self.tid, deadline)
+            if result is None:
+                raise BackendError(f"thread {self.tid} of process {self.sp.pid} did not stop after {self.what}")
+            if result.gone:
+                raise BackendError(f"process {self.sp.pid} exited after {self.what}")
+            if result.stopped and result.event == _ptrace.EVENT_STOP:
+                break
+            if result.signal_delivery:
+                self.sp.resend.append((self.tid, result.sig))
+            _ptrace.cont(self.tid, 0)
+        _ptrace.set_regs(self.tid, self.saved)
+
+    def restore(self) -> None:
+        """On failure: the registers as found, at whatever stop the task is in now."""
+        if self.restored:
+            return
+        try:
+            _ptrace.set_regs(self.tid, self.back)
+            _ptrace.set_xstate(self.tid, self.xstate)
+        except OSError as exc:
+            raise BackendError(f"thread {self.tid}: could not restore registers ({exc}); the process is gone") from exc
+
+    def _interrupt(self) -> None:
+        """Bring a task we let run back to a ptrace stop (after a timeout) so its registers can be restored."""
+        try:
+            _ptrace.interrupt(self.tid)
+        except OSError:
+            return
+        _ptrace.wait_stop(self.tid, time.monotonic_ns() + 1_000_000_000)
+
+
+def _begin(sp: StoppedProcess, task: StoppedTask, what: str) -> _Operation:
+    try:
+        return _Operation(sp, task, what)
+    except OSError as exc:
+        raise BackendError(f"{what} on process {sp.pid}: cannot read thread {task.tid} ({exc}; process gone?)") from exc
+
+
+def remote_syscall(
+    sp: StoppedProcess, task: StoppedTask, gadgets: Gadgets, number: int, args: Sequence[int], write: Write
+) -> int:
+    """Run Linux system call ``number`` with up to six ``args`` on ``task``: it executes the borrowed
+    ``syscall; ret`` and returns into the borrowed ``rt_sigreturn`` with the signal frame below its red zone.
+    Returns the raw result as a signed int (-errno on failure). Raises BackendError when the process dies or
+    the task does not come back."""
+    op = _begin(sp, task, f"remote system call {number}")
+    deadline = time.monotonic_ns() + SYSCALL_TIMEOUT_NS
+    at = gadgets.syscall_ret + 2
+    seen = []
+
+    def ours(regs: _ptrace.Regs) -> bool:
+        if regs.rip == at and regs.orig_rax == number:
+            seen.append(regs)
+            return len(seen) == 2  # entry, then exit
+        return False
+
+    try:
+        slot = op.frame(write, int(op.saved.rsp) - RED_ZONE, 0, gadgets.sigreturn)
+        regs = op.saved.copy()
+        regs.rax = number
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, name, value & _MASK64)
+        regs.rip = gadgets.syscall_ret
+        regs.rsp = slot
+        op.start(regs)
+        result = _signed(int(op.until(deadline, ours).rax))
+        op.until(deadline, lambda r: r.rip == gadgets.sigreturn + len(RESTORE_RT) and r.orig_rax == SYS_RT_SIGRETURN)
+        op.finish(deadline)
+        return result
     except OSError as exc:
         raise BackendError(f"remote system call on process {sp.pid} failed: {exc} (process gone?)") from exc
     finally:
-        _restore(task, saved)
+        op.restore()
 
 
 def remote_call(
     sp: StoppedProcess,
     task: StoppedTask,
+    stub: int,
     function: int,
     args: Sequence[int],
-    trap: int,
-    write: Callable[[int, bytes], None],
+    write: Write,
     timeout_ns: int = CALL_TIMEOUT_NS,
     stack: int = 0,
+    switch: Optional[FrameSwitch] = None,
 ) -> int:
-    """Call ``function(args...)`` (Windows x64 ABI: rcx, rdx, r8, r9) on ``task`` and return rax.
-
-    The frame goes below the red zone of ``stack`` (default: the task's rsp), 16-byte aligned with 32 bytes of shadow space, and returns onto
-    the ``cc`` at ``trap``. Only this task runs; every other task stays stopped, so a function that waits for
-    a lock a stopped task holds times out (BackendError) instead of hanging. Faults inside the call
-    (SIGSEGV, ...) are not delivered: the registers are restored and BackendError is raised.
-    """
-    saved = _ptrace.get_regs(task.tid)
-    fpstate = _ptrace.get_xstate(task.tid)
-    shadow = ((stack or saved.rsp) - RED_ZONE - 256) & ~0xF
-    regs = saved.copy()
-    for name, value in zip(("rcx", "rdx", "r8", "r9"), args):
-        setattr(regs, name, value & _MASK64)
-    regs.rax = 0
-    regs.rip = function
-    regs.rsp = shadow - 8
-    regs.orig_rax = NO_SYSCALL
-    regs.eflags &= ~(_EFLAGS_TF | _EFLAGS_DF)
-    task.touched = True
+    """Call ``function(args...)`` (Windows x64 ABI: rcx, rdx, r8, r9) on ``task`` through the CALL_STUB written
+    at ``stub``; returns rax. The signal frame goes below the red zone of ``stack`` (default: the task's rsp)
+    and the call's stack below the frame. Only this task runs; every other task stays stopped, so a function
+    that waits for a lock a stopped task holds times out (BackendError) instead of hanging. Faults inside the
+    call (SIGSEGV, ...) are not delivered: the registers are restored and BackendError is raised."""
+    op = _begin(sp, task, f"remote call at {function:#x}")
+    end = stub + CALL_STUB_SIGRETURN_END
     try:
-        write(shadow - 8, struct.pack("<Q", trap) + b"\0" * 32)
-        _ptrace.set_regs(task.tid, regs)
-        _ptrace.cont(task.tid, 0)
+        slot = op.frame(write, (stack or int(op.saved.rsp)) - RED_ZONE, 8, 0)
+        regs = op.saved.copy()
+        for name, value in zip(("rcx", "rdx", "r8", "r9"), args):
+            setattr(regs, name, value & _MASK64)
+        regs.rbx, regs.rax, regs.rip = function, 0, stub
+        regs.r12, regs.r13, regs.r14 = (switch.pointer, switch.live, switch.fresh) if switch else (0, 0, 0)
+        regs.rsp = slot - CALL_STUB_FRAME_OFFSET
+        op.start(regs)
         deadline = time.monotonic_ns() + timeout_ns
-        while True:
-            result = _ptrace.wait_stop(task.tid, deadline, block=False)
-            if result is None:
-                _stop_runaway(task)
-                raise BackendError(
-                    f"remote call at {function:#x} on thread {task.tid} of process {sp.pid} timed out after "
-                    f"{timeout_ns // 1_000_000} ms (a lock held by a stopped thread?); registers were restored"
-                )
-            if result.gone:
-                raise BackendError(f"process {sp.pid} exited during a remote call")
-            if not result.signal_delivery:  # group-stop or a stray interrupt: keep the call going
-                _ptrace.cont(task.tid, 0)
-                continue
-            if result.sig == signal.SIGTRAP:
-                now = _ptrace.get_regs(task.tid)
-                if now.rip == trap + 1:
-                    return int(now.rax)
-                raise BackendError(f"remote call at {function:#x} hit a breakpoint at {now.rip - 1:#x}")
-            if result.sig in _FAULTS:
-                now = _ptrace.get_regs(task.tid)
-                raise BackendError(
-                    f"remote call at {function:#x} faulted ({signal.Signals(result.sig).name} at {now.rip:#x}); "
-                    "registers were restored"
-                )
-            sp.resend.append((task.tid, result.sig))  # asynchronous signal: deliver it after we let go
-            _ptrace.cont(task.tid, 0)
+        done = op.until(deadline, lambda r: r.rip == end and r.orig_rax == SYS_RT_SIGRETURN, block=False)
+        op.finish(time.monotonic_ns() + SYSCALL_TIMEOUT_NS)
+        return int(done.rdi)
     except OSError as exc:
         raise BackendError(f"remote call on process {sp.pid} failed: {exc} (process gone?)") from exc
     finally:
-        _restore(task, saved)
-        with contextlib.suppress(OSError):  # the task is gone; _restore already said so
-            _ptrace.set_xstate(task.tid, fpstate)
+        op.restore()

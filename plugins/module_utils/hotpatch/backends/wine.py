@@ -24,7 +24,8 @@ from ..errors import BackendError
 from . import _procfs
 from ._procfs import Mapping
 from ._ptrace import get_xstate
-from ._remote import CALL_TIMEOUT_NS, RED_ZONE, remote_call, remote_syscall
+from ._remote import CALL_TIMEOUT_NS, RED_ZONE, FrameSwitch, Gadgets, remote_call, remote_syscall
+from ._sigframe import CALL_STUB, RESTORE_RT, SYSCALL_RET
 from ._stop import StoppedProcess, StoppedTask, stop_all
 from ._winelayout import WineLayout, probe
 from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
@@ -120,8 +121,7 @@ class WineProcess:
         self._allocations: Dict[int, Allocation] = {}
         self._quiesced: Optional[WineQuiesced] = None
         self._exports: Dict[str, int] = {}
-        self._syscall_gadget = 0
-        self._trap_gadget = 0
+        self._gadgets: Optional[Gadgets] = None
         self._wine_layout: Optional[WineLayout] = None
         self._layout_probed = False
 
@@ -336,11 +336,14 @@ class WineProcess:
                 address += chunk
         raise BackendError(f"process {self._pid}: no executable {pattern.hex()} found to borrow")
 
-    def _syscall(self, stopped: StoppedProcess, number: int, args: Sequence[int]) -> int:
-        if not self._syscall_gadget:
-            self._syscall_gadget = self._find_bytes(b"\x0f\x05", ("libc.so", "ntdll.so"))
-        task = self._pick_task(stopped, for_call=False)
-        return remote_syscall(stopped, task, self._syscall_gadget, number, args)
+    def _syscall(
+        self, stopped: StoppedProcess, number: int, args: Sequence[int], task: Optional[StoppedTask] = None
+    ) -> int:
+        if self._gadgets is None:
+            prefer = ("libc.so", "ntdll.so")
+            self._gadgets = Gadgets(self._find_bytes(SYSCALL_RET, prefer), self._find_bytes(RESTORE_RT, prefer))
+        task = task or self._pick_task(stopped, for_call=False)
+        return remote_syscall(stopped, task, self._gadgets, number, args, self.write)
 
     def _pick_task(self, stopped: StoppedProcess, for_call: bool) -> StoppedTask:
         """A task we may borrow. Tasks holding a signal are never used (their stop must stay as found).
@@ -428,31 +431,38 @@ class WineProcess:
     def _call_on(
         self, stopped: StoppedProcess, task: StoppedTask, function: int, args: Sequence[int], timeout_ns: int = 0
     ) -> int:
-        """Call ``function`` on ``task``. A thread blocked in an NT system call runs it on its Windows stack
-        with a fresh syscall frame below the live one (TEB pointer moved there for the call, as Wine does for
-        its own user-mode callbacks), so an NT system call made by ``function`` cannot clobber the blocked one."""
-        if not self._trap_gadget:
-            self._trap_gadget = self._find_bytes(b"\xcc", ("ntdll.dll", "ntdll.so"))
+        """Call ``function`` on ``task`` through the call stub (see _sigframe.CALL_STUB), written into a page
+        mapped for this call and unmapped after it. A thread blocked in an NT system call runs it on its Windows
+        stack with a fresh syscall frame below the live one (the stub moves the TEB pointer there for the call
+        and back after it, as Wine does for its own user-mode callbacks), so an NT system call made by
+        ``function`` cannot clobber the blocked one."""
         timeout_ns = timeout_ns or CALL_TIMEOUT_NS
-        unix = self._unix_side(task) if task.in_syscall else None
-        layout = self._layout()
-        if unix is None or layout is None:
-            return remote_call(stopped, task, function, args, self._trap_gadget, self.write, timeout_ns)
-        mapping = _procfs.find_mapping(self._maps(), unix.frame)
-        room = (mapping.end - unix.frame) if mapping is not None else 0
-        size = min(FRAME_HEADER + len(get_xstate(task.tid)[1]), room)
-        fresh = (task.regs.rsp - RED_ZONE - 0x400 - size) & ~0x3F
-        if size < FRAME_HEADER or fresh - NESTED_STACK < unix.stack_base:
-            raise BackendError(f"process {self._pid}: thread {task.tid} has no room for a nested syscall frame")
-        pointer = unix.teb + layout.teb_syscall_frame
-        self.write(fresh, self.read(unix.frame, size))
-        self.write(pointer, struct.pack("<Q", fresh))
+        flags = MAP_PRIVATE | MAP_ANONYMOUS
+        # First: a remote system call's own signal frame goes below some thread's stack pointer, where the
+        # fresh syscall frame is about to be copied.
+        stub = self._syscall(stopped, SYS_MMAP, (0, PAGE, PROT_READ | PROT_EXEC, flags, -1, 0), task)
+        if stub < 0:
+            raise BackendError(f"process {self._pid}: remote mmap of the call stub failed: {os.strerror(-stub)}")
+        switch = None
         try:
-            return remote_call(
-                stopped, task, function, args, self._trap_gadget, self.write, timeout_ns, unix.windows_rsp
-            )
+            self.write(stub, CALL_STUB)
+            unix = self._unix_side(task) if task.in_syscall else None
+            layout = self._layout()
+            if unix is None or layout is None:
+                return remote_call(stopped, task, stub, function, args, self.write, timeout_ns)
+            mapping = _procfs.find_mapping(self._maps(), unix.frame)
+            room = (mapping.end - unix.frame) if mapping is not None else 0
+            size = min(FRAME_HEADER + len(get_xstate(task.tid)[1]), room)
+            fresh = (task.regs.rsp - RED_ZONE - 0x400 - size) & ~0x3F
+            if size < FRAME_HEADER or fresh - NESTED_STACK < unix.stack_base:
+                raise BackendError(f"process {self._pid}: thread {task.tid} has no room for a nested syscall frame")
+            self.write(fresh, self.read(unix.frame, size))
+            switch = FrameSwitch(unix.teb + layout.teb_syscall_frame, fresh, unix.frame)
+            return remote_call(stopped, task, stub, function, args, self.write, timeout_ns, unix.windows_rsp, switch)
         finally:
-            self.write(pointer, struct.pack("<Q", unix.frame))
+            if switch is not None:  # the stub put it back unless the call was cut short
+                self.write(switch.pointer, struct.pack("<Q", switch.live))
+            self._syscall(stopped, SYS_MUNMAP, (stub, PAGE), task)
 
     # -- allocation ---------------------------------------------------------------------------------------------
 
