@@ -33,13 +33,14 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "trusted_keys": {"type": "list", "elements": "str", "no_log": False},
     "module_path": {"type": "str"},
     "replace_other_build": {"type": "bool", "default": False},
+    "workers": {"type": "int", "default": 8},
     "engine_dir": {"type": "str"},
     "python": {"type": "str"},
     "state_dir": {"type": "str"},
 }
 
 # The engine's bounds (host/request.py), checked on the controller so a bad value never reaches the host.
-_RANGES = {"retries": (0, 1000), "retry_delay_ms": (0, 60000), "lock_timeout": (0, 86400)}
+_RANGES = {"retries": (0, 1000), "retry_delay_ms": (0, 60000), "lock_timeout": (0, 86400), "workers": (1, 64)}
 
 # state -> (verb, verb in check mode)
 _VERBS = {
@@ -89,6 +90,7 @@ class ActionModule(EngineAction):
         }
         if params["state"] in ("present", "absent"):
             request["state"] = params["state"]
+            request["workers"] = params["workers"]
         processes = params.get("processes") or {}
         selected = {key: list(processes[key]) for key in ("names", "pids") if processes.get(key)}
         if selected:

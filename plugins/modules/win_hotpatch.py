@@ -103,6 +103,14 @@ options:
       - Without it, staging over anything but the base image fails and changes nothing.
     type: bool
     default: false
+  workers:
+    description:
+      - How many processes the engine patches (O(state=present)), rolls back (O(state=absent)) or plans (check mode)
+        at once, each wholly in one engine thread; never more threads than matching processes. From 1 to 64.
+      - V(1) handles one process after the other. Results come in PID order either way.
+      - Ignored with O(state=staged) and O(state=unstaged).
+    type: int
+    default: 8
 extends_documentation_fragment:
   - rebootless.windows.engine
 attributes:

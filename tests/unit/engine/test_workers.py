@@ -7,39 +7,46 @@ never touch one process from two threads. The fake backend here remembers the th
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import RequestError
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.journal import (
     Journal,
     PackageRef,
     ProcessRecord,
 )
-from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import parse_request
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import (
+    DEFAULT_WORKERS,
+    parse_request,
+)
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.verbs import execute, for_each_process
 
 from .fake_backend import FakeBackend, FakeHandle
 from .images import Fixture, spawn
 
 WORKERS = 3
+ENGINE_ROOT = Path(__file__).resolve().parents[3] / "plugins" / "module_utils"
 
 
 class ThreadRecordingBackend(FakeBackend):
     """A FakeBackend whose handles note the thread of each call; the first WORKERS opens wait for each other,
     which proves that many workers really run at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, together: int = WORKERS) -> None:
         super().__init__()
         self.threads_by_pid: dict[int, set[int]] = {}
-        self.together = threading.Barrier(WORKERS, timeout=30)
+        self.together = threading.Barrier(together, timeout=30)
         self.opens = 0
 
     def open(self, pid: int) -> FakeHandle:
         self.opens += 1
-        if self.opens <= WORKERS:
+        if self.opens <= self.together.parties:
             self.together.wait()
         handle = super().open(pid)
         seen = self.threads_by_pid.setdefault(pid, set())
@@ -62,9 +69,18 @@ def threaded() -> ThreadRecordingBackend:
     return ThreadRecordingBackend()
 
 
+def _request(fx: Fixture, state_dir: Path, **keys: Any) -> dict[str, Any]:
+    return {
+        "package": str(fx.package),
+        "state_dir": str(state_dir),
+        "allow_unsigned": True,
+        "retry_delay_ms": 0,
+        **keys,
+    }
+
+
 def _run(backend: FakeBackend, fx: Fixture, state_dir: Path, verb: str, workers: int) -> tuple[int, dict[str, Any]]:
-    request = {"package": str(fx.package), "state_dir": str(state_dir), "allow_unsigned": True, "retry_delay_ms": 0}
-    code, result = execute(parse_request(verb, request), backend, workers=workers)
+    code, result = execute(parse_request(verb, _request(fx, state_dir)), backend, workers=workers)
     return code, result.to_dict()
 
 
@@ -163,3 +179,85 @@ def test_an_exception_in_a_worker_reaches_the_caller_and_stops_handing_out_items
     ran.clear()
     with pytest.raises(RuntimeError, match="boom"):
         for_each_process(list(range(40)), work, 4)
+
+
+def test_the_workers_request_field_defaults_to_8_and_takes_1_to_64() -> None:
+    assert parse_request("apply", {"package": "/fix.hpk"}).workers == DEFAULT_WORKERS == 8
+    assert parse_request("rollback", {"package": "/fix.hpk", "workers": 1}).workers == 1
+    assert parse_request("plan", {"package": "/fix.hpk", "workers": 64}).workers == 64
+
+
+@pytest.mark.parametrize("bad", [0, 65, -3, True, 2.5, "4", None, [4]])
+def test_a_workers_value_outside_1_to_64_is_refused_with_its_range(bad: object) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_request("apply", {"package": "/fix.hpk", "workers": bad})
+    assert str(caught.value) == "workers must be an integer from 1 to 64"
+
+
+def test_the_engine_cli_accepts_workers_and_refuses_a_bad_one_with_exit_2(tmp_path: Path) -> None:
+    def cli(workers: object) -> tuple[int, dict[str, Any]]:
+        path = tmp_path / "request.json"
+        path.write_text(json.dumps({"state_dir": str(tmp_path / "s"), "backend": "wine", "workers": workers}))
+        done = subprocess.run(
+            [sys.executable, "-m", "hotpatch", "status", "--request", str(path)],
+            cwd=ENGINE_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return done.returncode, json.loads(done.stdout)
+
+    code, result = cli(4)
+    assert code == 0 and result["ok"], result
+    code, result = cli(0)
+    assert (code, result["error"]) == (2, {"kind": "request", "message": "workers must be an integer from 1 to 64"})
+
+
+@pytest.mark.parametrize("workers", [1, WORKERS])
+def test_apply_and_rollback_use_as_many_worker_threads_as_the_request_asks(
+    workers: int, fx: Fixture, state_dir: Path
+) -> None:
+    backend = ThreadRecordingBackend(together=workers)
+    for n in range(6):
+        spawn(backend, fx, name=f"svc{n}.exe")
+    code, result = execute(parse_request("apply", _request(fx, state_dir, workers=workers)), backend)
+    assert code == 0, result.to_dict()
+    threads = set().union(*backend.threads_by_pid.values())
+    assert len(threads) == workers
+    if workers == 1:  # one worker: everything in the calling thread, one process after the other
+        assert threads == {threading.get_ident()}
+
+    backend.threads_by_pid.clear()
+    backend.opens = 0
+    backend.together.reset()
+    code, result = execute(parse_request("rollback", _request(fx, state_dir, workers=workers)), backend)
+    assert code == 0, result.to_dict()
+    assert len(set().union(*backend.threads_by_pid.values())) == workers
+    assert not backend.open_handles
+
+
+def test_one_worker_and_four_workers_give_the_same_results(tmp_path: Path, fx: Fixture) -> None:
+    def outcome(workers: int) -> list[list[tuple[Any, ...]]]:
+        backend = FakeBackend()
+        procs = [spawn(backend, fx, name=f"svc{n}.exe") for n in range(9)]
+        state_dir = tmp_path / f"state-{workers}"
+        results = []
+        for verb in ("plan", "apply", "apply", "rollback"):
+            code, result = execute(parse_request(verb, _request(fx, state_dir, workers=workers)), backend)
+            document = result.to_dict()
+            assert code == 0, document
+            results.append(
+                [(p["pid"], p["name"], p["result"], p["code_before"], p["code_after"]) for p in document["processes"]]
+                + [("changed", document["changed"])]
+            )
+        assert {code for p in procs for code in p.code().values()} == {"base"}
+        return results
+
+    one, four = outcome(1), outcome(4)
+    assert one == four
+    assert [{row[2] for row in verb_rows[:-1]} for verb_rows in one] == [
+        {"would_patch"},
+        {"patched"},
+        {"already_patched"},
+        {"rolled_back"},
+    ]

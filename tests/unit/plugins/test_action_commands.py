@@ -217,9 +217,13 @@ def test_bad_arguments_fail_on_the_controller_before_anything_is_sent(engine: An
         {"state": "present"},
         {"allow_unsigned": True, "package": str(package[0]), "unknown_option": 1},
         {"allow_unsigned": True, "package": str(package[0]), "processes": {"pids": ["x"]}},
+        {"allow_unsigned": True, "package": str(package[0]), "workers": 0},
+        {"allow_unsigned": True, "package": str(package[0]), "workers": 65},
     ):
         with pytest.raises(AnsibleActionFail):
             run_action(win_hotpatch, connection, args)
+    with pytest.raises(AnsibleActionFail, match="workers must be from 1 to 64, got 65; nothing was sent"):
+        run_action(win_hotpatch, connection, {"allow_unsigned": True, "package": str(package[0]), "workers": 65})
     assert connection.sent == []
 
 
@@ -294,6 +298,7 @@ def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, tm
         "processes": {"names": ["appsvc.exe"], "pids": [42]},
         "activeness_check": True,
         "lock_timeout": 5,
+        "workers": 2,
         "state_dir": "D:\\rb\\state",
         "trusted_keys": [trusted],
     }
@@ -309,6 +314,7 @@ def test_request_carries_the_validated_options_in_protocol_terms(engine: Any, tm
         "allow_unsigned": False,
         "trusted_keys": [trusted],
         "state_dir": "D:\\rb\\state",
+        "workers": 2,
     }
     assert "'rollback'" in script_lines(execs(connection)[2])[2]
 

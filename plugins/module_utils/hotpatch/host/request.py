@@ -10,7 +10,16 @@ from typing import Any, List, Optional, Tuple
 from ..errors import RequestError
 from ..fields import known_verb, opt_str, request_object, seconds, strings, whole, yes_no
 
-__all__ = ["CHANGING_VERBS", "VERBS", "Request", "default_state_dir", "load_request", "parse_request"]
+__all__ = [
+    "CHANGING_VERBS",
+    "DEFAULT_WORKERS",
+    "MAX_WORKERS",
+    "VERBS",
+    "Request",
+    "default_state_dir",
+    "load_request",
+    "parse_request",
+]
 
 VERBS = ("inspect", "plan", "apply", "verify", "rollback", "stage", "unstage", "status", "recover")
 CHANGING_VERBS = ("apply", "rollback", "stage", "unstage", "recover")
@@ -30,12 +39,18 @@ _KEYS = (
     "trusted_keys",
     "module_path",
     "replace_other_build",
+    "workers",
 )
+# Worker threads for apply, plan and rollback: each process is handled wholly by one (ptrace and a debug attach
+# bind a process to the thread that attached it); the engine never starts more workers than processes.
+DEFAULT_WORKERS = 8
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
 class Request:
-    """A validated request; ``names`` compare case-insensitively, ``pids`` match the PID or the Windows PID."""
+    """A validated request; ``names`` compare case-insensitively, ``pids`` match the PID or the Windows PID;
+    ``workers`` is how many processes apply, plan and rollback handle at once (1 to MAX_WORKERS)."""
 
     verb: str
     package: Optional[str] = None
@@ -53,6 +68,7 @@ class Request:
     trusted_keys: Tuple[str, ...] = field(default=())
     module_path: Optional[str] = None
     replace_other_build: bool = False
+    workers: int = DEFAULT_WORKERS
 
 
 def default_state_dir() -> str:
@@ -109,6 +125,7 @@ def parse_request(verb: str, data: Any) -> Request:
         trusted_keys=keys,
         module_path=opt_str(data, "module_path"),
         replace_other_build=yes_no(data, "replace_other_build", False),
+        workers=whole(data, "workers", DEFAULT_WORKERS, 1, MAX_WORKERS),
     )
 
 

@@ -4,8 +4,8 @@
 (``__main__`` turns them into the JSON ``error`` and the exit code). Changing verbs hold the host lock and run
 ``recover`` first.
 
-``apply``, ``plan`` and ``rollback`` work on several processes at once, in worker threads (``workers``, default
-min(8, processes)). ptrace binds a tracee to the tracer thread, and a Windows debug attach is per thread too, so
+``apply``, ``plan`` and ``rollback`` work on several processes at once, in worker threads (request field
+``workers``, default 8, never more threads than processes). ptrace binds a tracee to the tracer thread, and a Windows debug attach is per thread too, so
 each process is handled wholly by one worker: open, verify, stage, quiesce, switch, resume, rollback, close.
 Results are reported in PID order whatever order the workers finish in.
 """
@@ -30,7 +30,7 @@ from .facts import os_facts
 from .journal import ApplyJournal, Journal, PackageRef, ProcessRecord
 from .lock import HostLock
 from .recovery import live_processes, recover
-from .request import Request
+from .request import DEFAULT_WORKERS, Request
 from .result import ProcessResult, VerbResult
 from .rollback import RollbackTransaction
 from .transaction import Options, PatchTransaction
@@ -38,7 +38,6 @@ from .trust import check_trust
 
 __all__ = ["DEFAULT_WORKERS", "Engine", "execute", "for_each_process"]
 
-DEFAULT_WORKERS = 8
 # While workers run, a thread whose process is stopped must get the GIL back quickly when its system call returns:
 # the default 5 ms switch interval would add up to 5 ms to a pause behind another worker's Python work.
 _SWITCH_INTERVAL_S = 0.0002
@@ -101,8 +100,8 @@ class Engine:
     def __init__(self, request: Request, backend: Optional[Backend] = None, workers: Optional[int] = None) -> None:
         self.request = request
         self._backend = backend
-        # ``workers`` from the caller, else the request's (an optional request field), else min(8, processes)
-        self.workers = workers if workers is not None else int(getattr(request, "workers", 0) or 0)
+        # ``workers`` from the caller (tests, benchmarks), else the request's (default DEFAULT_WORKERS)
+        self.workers = workers if workers is not None else request.workers
         self.platform = backend.name if backend is not None else platform_of(request.backend)
         self.journal = Journal(request.state_dir)
         self.options = Options(request.retries, request.retry_delay_ms, request.activeness_check)
@@ -294,8 +293,8 @@ class Engine:
         return Target(info, handle, module), None
 
     def _workers(self, processes: int) -> int:
-        """Worker threads for ``processes`` processes: the requested count, or min(8, processes)."""
-        return max(1, min(self.workers or DEFAULT_WORKERS, processes))
+        """Worker threads for ``processes`` processes: the requested count, never more than the processes."""
+        return max(1, min(self.workers, processes))
 
     def _rollback(self, dry_run: bool) -> None:
         ref = self._ref()
