@@ -5,7 +5,7 @@ process as ``execute`` runs them, so 1,000 cycles do not pay 4,000 interpreter s
 - ``driver``: the PE fixtures' driver.exe hosting gcc/changed_constant.dll (base 15, patched 35) with ``--threads``
   threads calling the patched function in a tight loop (``spin``); its ``stats`` count every result it saw;
 - ``service``: the demo's AppSvc (appsvc.exe + appcore.dll v1, package v1 -> v2) on a private demo fleet
-  (``--base-port``, default 38080) under demo/loadgen.py at ``--rate`` requests/s; after each apply VERSION must say
+  (``--base-port``, default 0: a free port picked at run time) under demo/loadgen.py at ``--rate`` requests/s; after each apply VERSION must say
   appcore 1.0.1 and after each rollback appcore 1.0.0.
 
 Counted: crashes (the process is gone or its PID names another process), wrong results (a driver result other
@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build 
     BuildRequest,
     build,
 )
-from demo.fleet import Fleet  # noqa: E402
+from demo.fleet import Fleet, free_base_port  # noqa: E402
 from demo.loadgen import LoadGen, Target  # noqa: E402
 from demo.main_job import build_demo_package  # noqa: E402
 from tests.fixtures.pe import FixturePair, build_all  # noqa: E402
@@ -67,14 +67,14 @@ MAPPINGS_PER_THREAD = 5
 class SoakConfig:
     """What to run: ``cycles`` apply+rollback rounds, ``targets`` ("driver", "service"), ``threads`` spinning in the
     driver, ``rate`` requests/s on the service, ``sample_every`` cycles between memory samples, ``base_port`` of
-    the private demo fleet, ``workdir`` for packages, state and the fleet (a temporary folder when None)."""
+    the private demo fleet (0: a free port from demo.fleet.free_base_port at run time), ``workdir`` for packages, state and the fleet (a temporary folder when None)."""
 
     cycles: int = 1000
     targets: tuple[str, ...] = ("driver", "service")
     threads: int = 4
     rate: float = 50.0
     sample_every: int = 50
-    base_port: int = 38080
+    base_port: int = 0
     workdir: Path | None = None
 
 
@@ -301,6 +301,8 @@ def _targets(config: SoakConfig, work: Path) -> Iterator[tuple[list[_Target], Lo
 
 def run_soak(config: SoakConfig, progress: bool = False) -> SoakResult:
     """Run the soak described by ``config``; raises FleetError / WineError when a target cannot start."""
+    if not config.base_port and "service" in config.targets:
+        config = replace(config, base_port=free_base_port(1))  # the result records the port used
     with ExitStack() as stack:
         work = config.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         targets, gen = stack.enter_context(_targets(config, work))
@@ -376,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4, help="busy threads in the driver (default 4)")
     parser.add_argument("--rate", type=float, default=50.0, help="requests/s on the service (default 50)")
     parser.add_argument("--sample-every", type=int, default=50, help="cycles between memory samples")
-    parser.add_argument("--base-port", type=int, default=38080, help="port of the private demo host")
+    parser.add_argument(
+        "--base-port", type=int, default=0, help="port of the private demo host (default 0: a free one)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = parser.parse_args(argv)
     targets = tuple(t for t in args.targets.split(",") if t)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import BuildRequest, build
-from demo.fleet import Fleet
+from demo.fleet import Fleet, free_base_port
 from demo.loadgen import LoadGen, Target
 from demo.main_job import REPO_ROOT, build_demo_package, playbook_command, playbook_environment
 from tests.fixtures.pe import FixturePair, build_all
@@ -36,7 +36,6 @@ from tests.support.engine_cli import EngineCli, journal_records
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
 CASE = "gcc/changed_constant"
-BASE_PORT = 38280  # private demo host (see test_soak.py for the ports other suites use)
 APPLY_TASK = "TASK [rebootless.windows.hotpatch : Apply | hotpatch the running processes]"
 
 
@@ -157,7 +156,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         pytest.skip(f"toolchain missing: {exc}")
     f = Fleet(tmp_path_factory.mktemp("concurrency-fleet"))
     try:
-        f.up(hosts=1, base_port=BASE_PORT, mismatch_host=0, timeout=60)
+        f.up(hosts=1, base_port=free_base_port(1), mismatch_host=0, timeout=60)
         yield f
     finally:
         f.down()
@@ -181,7 +180,7 @@ def test_two_playbook_runs_at_once_patch_the_host_once_and_only_one_reports_chan
     package = build_demo_package(tmp_path / "packages").path
     env = playbook_environment()
     runs = []
-    gen = LoadGen([Target(host, "127.0.0.1", BASE_PORT)], rate=40.0).start()
+    gen = LoadGen([Target(host, "127.0.0.1", fleet.load_host(host).port)], rate=40.0).start()
     try:
         for name in ("first", "second"):
             cmd = playbook_command(inventory, package, tmp_path / f"report-{name}", {"hotpatch_waves": [1]})

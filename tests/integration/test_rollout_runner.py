@@ -13,12 +13,10 @@ from typing import Any
 import ansible_runner
 import pytest
 
-from demo.fleet import Fleet
+from demo.fleet import Fleet, free_base_port
 from demo.main_job import PLAYBOOK, POLICY, REPO_ROOT, build_demo_package, playbook_environment
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
-
-BASE_PORT = 29380
 
 
 def test_playbook_runs_under_ansible_runner_with_artifacts_and_stats(
@@ -29,7 +27,7 @@ def test_playbook_runs_under_ansible_runner_with_artifacts_and_stats(
     # ansible-runner finds ansible-playbook on PATH, as in an execution environment.
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     fleet = Fleet(tmp_path / "fleet")
-    fleet.up(hosts=2, base_port=BASE_PORT, mismatch_host=0)
+    fleet.up(hosts=2, base_port=free_base_port(2), mismatch_host=0)
     try:
         package = build_demo_package(tmp_path / "packages")
         env = playbook_environment()

@@ -36,14 +36,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ansible_collections.rebootless.windows.plugins.plugin_utils._signing import public_key_text
-from demo.fleet import Fleet
+from demo.fleet import Fleet, free_base_port
 from demo.main_job import PLAYBOOK, POLICY, REPO_ROOT, build_demo_package, playbook_environment
 from tests.fixtures.pe import build_all
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
-BASE_PORT = 38380  # private demo host (see test_soak.py for the ports other suites use)
-HTTP_PORT = 38390  # the status page the http health check reads with a password
 HOTPATCH_BUILD = REPO_ROOT / "scripts" / "hotpatch-build"  # the patch author's command line (sign goes to _signing)
 # Option names that would carry a secret; each must be no_log unless it is listed as public here.
 SECRET_WORDS = ("password", "passwd", "passphrase", "secret", "token", "key", "credential")
@@ -111,7 +109,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         pytest.skip(f"toolchain missing: {exc}")
     f = Fleet(tmp_path_factory.mktemp("secrets-fleet"))
     try:
-        f.up(hosts=1, base_port=BASE_PORT, mismatch_host=0, timeout=60)
+        f.up(hosts=1, base_port=free_base_port(1), mismatch_host=0, timeout=60)
         yield f
     finally:
         f.down()
@@ -138,11 +136,11 @@ class _StatusPage(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def status_page(secrets: Secrets) -> Iterator[str]:
     handler = type("StatusPage", (_StatusPage,), {"password": secrets.http_password})
-    server = ThreadingHTTPServer(("127.0.0.1", HTTP_PORT), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: the kernel picks a free one
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{HTTP_PORT}/status"
+        yield f"http://127.0.0.1:{server.server_address[1]}/status"
     finally:
         server.shutdown()
         server.server_close()
@@ -215,7 +213,7 @@ def signed_run(
                 "hotpatch_report_dir": str(work / "report"),
                 "demo_fault_hosts": [],
                 "hotpatch_health_checks": [
-                    {"name": "port open", "type": "tcp", "port": BASE_PORT},
+                    {"name": "port open", "type": "tcp", "port": fleet.load_host(host).port},
                     {
                         "name": "status page",
                         "type": "http",
