@@ -131,21 +131,27 @@ def tools(reg: StrictRegistry, runner: StrictRunner, work: Path) -> KbTools:
     return KbTools(reg, runner, CabExtractor(runner), str(work))
 
 
-def request(kb: dict[str, Path], verb: str, host: str) -> dict[str, object]:
+def request(kb: dict[str, Path], host: str, state_dir: Path) -> dict[str, object]:
+    """``state_dir`` holds the host lock kb_install takes: a test's own, never the machine's default."""
     return {
         "path": str(kb["msu"]),
         "system_dirs": [str(kb[host])],
         "log_path": "C:\\Windows\\Logs\\rebootless-kb.log",
         "arch": "AMD64",
+        "state_dir": str(state_dir),
     }
 
 
 def run(
     kb: dict[str, Path], tmp_path: Path, verb: str, host: str, reg: StrictRegistry, runner: StrictRunner
 ) -> tuple[int, dict]:
-    code, result = run_kb(parse_kb_request(verb, request(kb, verb, host)), tools(reg, runner, tmp_path))
+    state_dir = tmp_path / "state"
+    code, result = run_kb(parse_kb_request(verb, request(kb, host, state_dir)), tools(reg, runner, tmp_path))
     runner.assert_done()
-    assert list(tmp_path.iterdir()) == []  # the extraction directory is gone
+    # The extraction directory is gone; kb_install took the host lock in the request's state_dir, kb_classify none.
+    assert [p.name for p in tmp_path.iterdir()] == (["state"] if verb == "kb_install" else [])
+    if verb == "kb_install":
+        assert [p.name for p in state_dir.iterdir()] == ["engine.lock"]
     return code, result
 
 
@@ -236,7 +242,7 @@ def test_a_failed_install_exits_1_with_what_to_do(kb: dict[str, Path], tmp_path:
 def test_a_missing_kb_file_is_a_request_error_before_any_tool_runs(kb: dict[str, Path], tmp_path: Path) -> None:
     reg, runner = registry(), StrictRunner()
     runner.expect(VBS_ARGV, WMI_RUNNING)  # facts come first: they are reported even when the request fails
-    data = request(kb, "kb_install", "baseline") | {"path": str(tmp_path / "nope.msu")}
+    data = request(kb, "baseline", tmp_path / "state") | {"path": str(tmp_path / "nope.msu")}
     code, result = run_kb(parse_kb_request("kb_install", data), tools(reg, runner, tmp_path))
     runner.assert_done()
     assert code == 2 and result["error"]["kind"] == "request"
@@ -245,7 +251,7 @@ def test_a_missing_kb_file_is_a_request_error_before_any_tool_runs(kb: dict[str,
 
 def test_the_command_line_entry_refuses_a_non_windows_host(kb: dict[str, Path], tmp_path: Path) -> None:
     path = tmp_path / "request.json"
-    path.write_text('{"path": "C:\\\\kb.msu"}')
+    path.write_text(json.dumps({"path": "C:\\kb.msu", "state_dir": str(tmp_path / "state")}))
     code, result = run_kb_file("kb_install", str(path))
     assert code == 7 and result["error"]["kind"] == "backend"
     assert "need a Windows host" in result["error"]["message"]
