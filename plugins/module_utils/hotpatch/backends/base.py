@@ -60,20 +60,28 @@ class ThreadState:
 
 
 class Quiesced(Protocol):
-    """Every thread of the process stopped; ``threads`` reflects their state at the moment of stopping."""
+    """Every thread of the process stopped by ``ProcessHandle.quiesce``; ``threads`` reflects their state at the
+    moment of stopping. ``pause_started_ns``: when the pause began, in nanoseconds of a monotonic clock the backend
+    chooses (compare only with the same clock)."""
 
     pause_started_ns: int
 
     @property
     def threads(self) -> Sequence[ThreadState]:
-        """The stopped threads (read-only for callers: a backend may keep them in a list)."""
+        """The stopped threads (read-only for callers: a backend may keep them in a list): every thread of the
+        target, plus any thread the stop itself made there (Windows: the debugger break-in thread, held at its
+        start in ntdll, never in patched code)."""
 
     def resume(self) -> int:
-        """Resume every thread stopped by ``quiesce``; returns the pause length in microseconds."""
+        """Let every stopped thread run again and detach; returns the pause in microseconds (from the first stop
+        to the last release). Must run on the engine thread that called ``quiesce``: the stop belongs to it
+        (Windows: its debug object, and the backend refuses with BackendError from another thread; Wine: ptrace
+        serves only the tracer thread)."""
 
 
 class ProcessHandle(Protocol):
-    """An open target process. Close it (context manager) when done; closing resumes nothing by itself."""
+    """An open target process. Close it (context manager) when done, after resuming any quiesce: a backend may
+    let a process that is still stopped go at close (Wine does), but callers must not rely on it."""
 
     info: ProcessInfo
 
@@ -100,18 +108,30 @@ class ProcessHandle(Protocol):
         """Release memory returned by ``allocate_near``."""
 
     def quiesce(self, with_stacks: bool = False) -> Quiesced:
-        """Stop every thread (and any thread created meanwhile); with_stacks fills ThreadState.stack with
-        candidate return addresses for the activeness check."""
+        """Stop every thread (and any thread created meanwhile) until ``Quiesced.resume``, and read each one's
+        registers; with_stacks fills ThreadState.stack with candidate return addresses for the activeness check.
+
+        Windows attaches with the debug API and holds a debug event (every thread of a debuggee stays stopped
+        while one is pending); Wine seizes and interrupts every task with ptrace. Either way the stop does not
+        outlive the engine: if it dies, the kernel detaches and the target runs on. Raises BackendError, with
+        nothing left stopped or attached, when the process is gone, already debugged or traced, access is
+        denied, or a thread does not stop in time.
+        """
 
     def add_function_table(self, table: int, count: int, base: int) -> None:
         """Register ``count`` RUNTIME_FUNCTION entries at ``table`` relative to ``base`` inside the target
-        (RtlAddFunctionTable run in the target). Call it while staging, before quiescing: the blob is not
-        reachable yet, and on Windows it runs a new thread in the target, which would deadlock against a
-        suspended thread that holds the loader lock. A backend that must stop a thread to run the call (Wine,
-        ptrace) stops and restores that thread itself."""
+        (ntdll!RtlAddFunctionTable run in the target; the table must stay mapped until delete_function_table).
+
+        Call it while staging, before the jump is written (an exception unwinding through blob code without its
+        table kills the target) and never while the process is quiesced: Windows runs the call on a new thread
+        (CreateRemoteThread), which a quiesced process would hold stopped at its creation until the call times
+        out. Wine runs it on one of the target's own threads by ptrace, stopping the process for the call and
+        restoring that thread's registers after it. Raises BackendError when the call fails or returns FALSE.
+        """
 
     def delete_function_table(self, table: int) -> None:
-        """Unregister a table added by ``add_function_table`` (RtlDeleteFunctionTable in the target)."""
+        """Unregister a table added by ``add_function_table`` (RtlDeleteFunctionTable in the target), under the
+        same rule: never while quiesced. Raises BackendError when the target reports the table as unknown."""
 
     def set_valid_call_targets(self, addresses: Sequence[int]) -> None:
         """Mark addresses as valid Control Flow Guard call targets (no-op where CFG is not enforced)."""
