@@ -5,8 +5,8 @@ process as ``execute`` runs them, so 1,000 cycles do not pay 4,000 interpreter s
 - ``driver``: the PE fixtures' driver.exe hosting gcc/changed_constant.dll (base 15, patched 35) with ``--threads``
   threads calling the patched function in a tight loop (``spin``); its ``stats`` count every result it saw;
 - ``service``: the demo's AppSvc (appsvc.exe + appcore.dll v1, package v1 -> v2) on a private demo fleet
-  (``--base-port``, default 0: a free port picked at run time) under demo/loadgen.py at ``--rate`` requests/s; after each apply VERSION must say
-  appcore 1.0.1 and after each rollback appcore 1.0.0.
+  (``--base-port``, default 0: a free port picked at run time) under demo/loadgen.py at ``--rate`` requests/s;
+  after each apply VERSION must say appcore 1.0.1 and after each rollback appcore 1.0.0.
 
 Counted: crashes (the process is gone or its PID names another process), wrong results (a driver result other
 than the base or patched value, a driver call error, a VERSION answer other than expected, a wrong answer seen
@@ -67,7 +67,8 @@ MAPPINGS_PER_THREAD = 5
 class SoakConfig:
     """What to run: ``cycles`` apply+rollback rounds, ``targets`` ("driver", "service"), ``threads`` spinning in the
     driver, ``rate`` requests/s on the service, ``sample_every`` cycles between memory samples, ``base_port`` of
-    the private demo fleet (0: a free port from demo.fleet.free_base_port at run time), ``workdir`` for packages, state and the fleet (a temporary folder when None)."""
+    the private demo fleet (0: a free port from demo.fleet.free_base_port at run time), ``workdir`` for packages,
+    state and the fleet (a temporary folder when None)."""
 
     cycles: int = 1000
     targets: tuple[str, ...] = ("driver", "service")

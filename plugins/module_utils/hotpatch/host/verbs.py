@@ -5,8 +5,9 @@
 ``recover`` first.
 
 ``apply``, ``plan`` and ``rollback`` work on several processes at once, in worker threads (request field
-``workers``, default 8, never more threads than processes). ptrace binds a tracee to the tracer thread, and a Windows debug attach is per thread too, so
-each process is handled wholly by one worker: open, verify, stage, quiesce, switch, resume, rollback, close.
+``workers``, default 8, never more threads than processes). ptrace binds a tracee to the tracer thread, and a
+Windows debug attach is per thread too, so each process is handled wholly by one worker: open, verify, stage,
+quiesce, switch, resume, rollback, close.
 Results are reported in PID order whatever order the workers finish in.
 """
 
