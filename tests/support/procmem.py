@@ -10,14 +10,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MemorySample", "alive", "sample", "start_ticks"]
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends._sigframe import CALL_STUB_MARKER
+
+__all__ = ["MemorySample", "alive", "exec_anon_regions", "sample", "start_ticks"]
+
+PAGE = 0x1000
 
 
 @dataclass(frozen=True)
 class MemorySample:
     """One look at a process: ``rss_kib`` (VmRSS, KiB), ``mappings`` (lines of /proc/PID/maps), ``mapped_kib``
-    (their total size, KiB), ``exec_anon`` / ``exec_anon_kib`` (anonymous executable mappings: where blobs live),
-    ``threads`` (tasks in /proc/PID/task), ``cycle`` (soak cycle the sample was taken after)."""
+    (their total size, KiB), ``exec_anon`` / ``exec_anon_kib`` (anonymous executable mappings: where blobs live,
+    not counting pages that are call-stub pages of the Wine backend), ``call_pages`` (such pages: left only by an
+    engine killed during a remote call), ``threads`` (tasks in /proc/PID/task), ``cycle`` (soak cycle the sample
+    was taken after)."""
 
     cycle: int
     rss_kib: int
@@ -26,6 +32,7 @@ class MemorySample:
     exec_anon: int
     exec_anon_kib: int
     threads: int
+    call_pages: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +62,7 @@ def sample(pid: int, cycle: int = 0) -> MemorySample:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    mappings = mapped = exec_anon = exec_anon_size = 0
+    mappings = mapped = exec_anon = exec_anon_size = call_pages = 0
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         fields = line.split(maxsplit=5)
         start, end = (int(v, 16) for v in fields[0].split("-"))
@@ -63,7 +70,41 @@ def sample(pid: int, cycle: int = 0) -> MemorySample:
         mappings += 1
         mapped += size
         if "x" in fields[1] and (len(fields) < 6 or not fields[5].strip()):
-            exec_anon += 1
-            exec_anon_size += size
+            stubs = _call_pages(pid, start, end)
+            call_pages += stubs
+            if stubs * PAGE < end - start:
+                exec_anon += 1
+                exec_anon_size += size - stubs * PAGE // 1024
     threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
-    return MemorySample(cycle, rss, mappings, mapped, exec_anon, exec_anon_size, threads)
+    return MemorySample(cycle, rss, mappings, mapped, exec_anon, exec_anon_size, threads, call_pages)
+
+
+def _call_pages(pid: int, start: int, end: int) -> int:
+    """Pages of [start, end) that begin with the Wine backend's call-stub marker (needs root, like the engine)."""
+    count = 0
+    try:
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            for page in range(start, end, PAGE):
+                mem.seek(page)
+                if mem.read(len(CALL_STUB_MARKER)) == CALL_STUB_MARKER:
+                    count += 1
+    except OSError:
+        return count
+    return count
+
+
+def exec_anon_regions(pid: int) -> list[str]:
+    """Each anonymous executable mapping of ``pid`` as "start-end perms first-16-bytes-hex" (for failure messages)."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if "x" in fields[1] and (len(fields) < 6 or not fields[5].strip()):
+            start = int(fields[0].split("-")[0], 16)
+            try:
+                with open(f"/proc/{pid}/mem", "rb") as mem:
+                    mem.seek(start)
+                    head = mem.read(16).hex()
+            except OSError:
+                head = "?"
+            out.append(f"{fields[0]} {fields[1]} {head}")
+    return out

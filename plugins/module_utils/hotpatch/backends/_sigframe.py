@@ -19,6 +19,7 @@ from ._ptrace import Regs
 
 __all__ = [
     "CALL_STUB",
+    "CALL_STUB_MARKER",
     "CALL_STUB_SIGRETURN_END",
     "FRAME_UC_OFFSET",
     "NO_SYSCALL",
@@ -62,6 +63,9 @@ CALL_STUB = bytes.fromhex(
     "0f05"  # syscall            ; rt_sigreturn
     "0f0b"  # ud2                ; never reached
 )
+# The call page starts with this marker, then the stub: a page an engine killed mid-call leaves behind (4 KiB,
+# never executed again) can be told from a blob and from the program's own code.
+CALL_STUB_MARKER = b"rebootless call stub v1\0".ljust(32, b"\0")
 CALL_STUB_SIGRETURN_END = len(CALL_STUB) - 2  # rip at the rt_sigreturn entry stop, as an offset in the stub
 CALL_STUB_FRAME_OFFSET = 0x18  # the signal frame (its pretcode slot) sits this far above the stub's entry rsp
 

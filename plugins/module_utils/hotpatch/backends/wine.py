@@ -25,7 +25,7 @@ from . import _procfs
 from ._procfs import Mapping
 from ._ptrace import get_xstate
 from ._remote import CALL_TIMEOUT_NS, RED_ZONE, FrameSwitch, Gadgets, remote_call, remote_syscall
-from ._sigframe import CALL_STUB, RESTORE_RT, SYSCALL_RET
+from ._sigframe import CALL_STUB, CALL_STUB_MARKER, RESTORE_RT, SYSCALL_RET
 from ._stop import StoppedProcess, StoppedTask, stop_all
 from ._winelayout import WineLayout, probe
 from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
@@ -440,12 +440,13 @@ class WineProcess:
         flags = MAP_PRIVATE | MAP_ANONYMOUS
         # First: a remote system call's own signal frame goes below some thread's stack pointer, where the
         # fresh syscall frame is about to be copied.
-        stub = self._syscall(stopped, SYS_MMAP, (0, PAGE, PROT_READ | PROT_EXEC, flags, -1, 0), task)
-        if stub < 0:
-            raise BackendError(f"process {self._pid}: remote mmap of the call stub failed: {os.strerror(-stub)}")
+        page = self._syscall(stopped, SYS_MMAP, (0, PAGE, PROT_READ | PROT_EXEC, flags, -1, 0), task)
+        if page < 0:
+            raise BackendError(f"process {self._pid}: remote mmap of the call stub failed: {os.strerror(-page)}")
+        stub = page + len(CALL_STUB_MARKER)
         switch = None
         try:
-            self.write(stub, CALL_STUB)
+            self.write(page, CALL_STUB_MARKER + CALL_STUB)
             unix = self._unix_side(task) if task.in_syscall else None
             layout = self._layout()
             if unix is None or layout is None:
@@ -462,7 +463,7 @@ class WineProcess:
         finally:
             if switch is not None:  # the stub put it back unless the call was cut short
                 self.write(switch.pointer, struct.pack("<Q", switch.live))
-            self._syscall(stopped, SYS_MUNMAP, (stub, PAGE), task)
+            self._syscall(stopped, SYS_MUNMAP, (page, PAGE), task)
 
     # -- allocation ---------------------------------------------------------------------------------------------
 
