@@ -36,3 +36,6 @@ _ensure_link()
 if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", os.pathsep.join([str(COLLECTIONS), str(DEPENDENCIES)]))
+
+# Fixtures shared by the integration tests that run the PE fixtures under Wine (prefix, pairs).
+pytest_plugins = ["tests.support.wine_fixtures"]

@@ -20,8 +20,8 @@ import pytest
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _stop
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import parse_request
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.verbs import execute
-from tests.fixtures.pe import FixturePair, build_all
-from tests.fixtures.wine import WineProcess, wine_prefix
+from tests.fixtures.pe import FixturePair
+from tests.fixtures.wine import WineProcess
 from tests.integration.test_engine_wine import package_for
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
@@ -32,19 +32,8 @@ SPIN_THREADS = 2
 
 
 @pytest.fixture(scope="module")
-def pair() -> FixturePair:
-    try:
-        return build_all()["gcc/changed_constant"]
-    except FileNotFoundError as exc:
-        pytest.skip(f"toolchain missing: {exc}")
-
-
-@pytest.fixture(scope="module")
-def prefix() -> Path:
-    try:
-        return wine_prefix()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+def pair(pairs: dict[str, FixturePair]) -> FixturePair:
+    return pairs["gcc/changed_constant"]
 
 
 @pytest.fixture

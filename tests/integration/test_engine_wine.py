@@ -22,10 +22,10 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.f
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.request import parse_request
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.verbs import execute
 from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import BuildRequest, build
-from tests.fixtures.pe import FixturePair, build_all
+from tests.fixtures.pe import FixturePair
 from tests.fixtures.pe.cases import CASES
 from tests.fixtures.pe.toolchains import TOOLCHAINS
-from tests.fixtures.wine import WineProcess, wine_prefix
+from tests.fixtures.wine import WineProcess
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
@@ -33,22 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 ENGINE_ROOT = REPO / "plugins" / "module_utils"
 SPIN_THREADS = 4  # busy threads per target; more only starve the engine on a 2-CPU runner
 CYCLES = 100
-
-
-@pytest.fixture(scope="module")
-def pairs() -> dict[str, FixturePair]:
-    try:
-        return build_all()
-    except FileNotFoundError as exc:
-        pytest.skip(f"toolchain missing: {exc}")
-
-
-@pytest.fixture(scope="module")
-def prefix() -> Path:
-    try:
-        return wine_prefix()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 def package_for(pair: FixturePair, folder: Path, package_id: str = "fix") -> Path:

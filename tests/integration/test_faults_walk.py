@@ -35,8 +35,8 @@ import pytest
 
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.faults import STEPS
 from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build import BuildRequest, build
-from tests.fixtures.pe import FixturePair, build_all
-from tests.fixtures.wine import WineError, WineProcess, wine_prefix
+from tests.fixtures.pe import FixturePair
+from tests.fixtures.wine import WineError, WineProcess
 from tests.support.engine_cli import EngineCli, journal_records
 from tests.support.procmem import exec_anon_regions, sample
 
@@ -72,19 +72,8 @@ def test_every_declared_fault_step_is_walked() -> None:
 
 
 @pytest.fixture(scope="module")
-def pair() -> FixturePair:
-    try:
-        return build_all()[CASE]
-    except FileNotFoundError as exc:
-        pytest.skip(f"toolchain missing: {exc}")
-
-
-@pytest.fixture(scope="module")
-def prefix() -> Path:
-    try:
-        return wine_prefix()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+def pair(pairs: dict[str, FixturePair]) -> FixturePair:
+    return pairs[CASE]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.pe import CASES, TOOLCHAINS, FixturePair, build_all, driver_exe
-from tests.fixtures.wine import WineError, WineProcess, wine_prefix
+from tests.fixtures.wine import WineError, WineProcess
 
 KEYS = [f"{t.name}/{c.name}" for t in TOOLCHAINS for c in CASES if c.language == t.language]
 
@@ -16,14 +16,6 @@ KEYS = [f"{t.name}/{c.name}" for t in TOOLCHAINS for c in CASES if c.language ==
 @pytest.fixture(scope="session")
 def pairs() -> dict[str, FixturePair]:
     return build_all()
-
-
-@pytest.fixture(scope="session")
-def prefix() -> Path:
-    try:
-        return wine_prefix()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("which", ["base", "patched"])

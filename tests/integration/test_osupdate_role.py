@@ -8,13 +8,12 @@ registered install result a Windows host would give, so the policy logic is exer
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.local_play import run_local_playbook
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,22 +49,7 @@ def play(
 ) -> tuple[int, dict[str, Any], str]:
     book = tmp_path / "play.yml"
     book.write_text(PLAYBOOK.format(platform=platform, policy=policy, windows=windows, tasks=tasks))
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=f"{ROOT / '.collections'}:{ROOT / '.cache' / 'collections'}",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCALHOST_WARNING="False",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
-        ANSIBLE_REMOTE_TMP=str(tmp_path / "remote"),
-    )
-    playbook = Path(sys.executable).parent / "ansible-playbook"
-    done = subprocess.run(
-        [str(playbook), "-i", "localhost,", "-c", "local", str(book)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    done = run_local_playbook(book, tmp_path)
     marker = done.stdout.rfind('"msg": "RESULT ')
     result = {}
     if marker >= 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from demo.fleet import Fleet, free_base_port
 from demo.main_job import playbook_command, playbook_environment
+from tests.support.local_play import run_local_playbook
 
 pytestmark = [pytest.mark.integration]
 
@@ -98,22 +98,7 @@ PLAYBOOK = """\
 def _kb_result(tmp_path: Path, record: dict[str, Any]) -> str:
     book = tmp_path / "play.yml"
     book.write_text(PLAYBOOK.format(record=json.dumps(record)))
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=f"{ROOT / '.collections'}:{ROOT / '.cache' / 'collections'}",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCALHOST_WARNING="False",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
-        ANSIBLE_REMOTE_TMP=str(tmp_path / "remote"),
-    )
-    playbook = Path(sys.executable).parent / "ansible-playbook"
-    done = subprocess.run(
-        [str(playbook), "-i", "localhost,", "-c", "local", str(book)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    done = run_local_playbook(book, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     [line] = [ln for ln in done.stdout.splitlines() if '"msg": "RESULT=' in ln]
     return line.split("RESULT=", 1)[1].rstrip('"')
