@@ -61,6 +61,9 @@ class StrictnessError(AssertionError):
     """The backend broke a rule the real API would punish (a crash, a deadlock, a leak)."""
 
 
+MEM_IMAGE = 0x1000000  # MEMORY_BASIC_INFORMATION.Type of an image mapping
+
+
 @dataclass
 class Region:
     base: int
@@ -423,11 +426,13 @@ class FakeKernel32:
         if region is not None:
             info.BaseAddress, info.AllocationBase = region.base, region.allocation_base
             info.RegionSize, info.State, info.Protect = region.size, w.MEM_COMMIT, region.protect
+            info.Type = w.MEM_PRIVATE if region.kind == "private" else MEM_IMAGE
             return int(size)
         following = min((r.base for r in process.regions if r.base > addr), default=0x7FFF_FFFF_0000)
         page = addr & ~0xFFF
         info.BaseAddress, info.AllocationBase = page, 0
         info.RegionSize, info.State, info.Protect = following - page, w.MEM_FREE, 0x01
+        info.Type = 0
         return int(size)
 
     def VirtualAllocEx(self, handle: Any, address: Any, size: int, kind: int, protect: int) -> int:

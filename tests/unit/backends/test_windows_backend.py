@@ -75,6 +75,19 @@ def test_memory_near_the_module_is_found_above_it_aligned_and_skipping_what_is_t
     kernel.assert_no_leaks()
 
 
+def test_allocation_is_announced_before_it_is_made_and_recognised_afterwards(kernel: FakeKernel32) -> None:
+    announced: list[int] = []
+    with WindowsBackend(kernel).open(PID) as process:
+        blob = process.allocate_near(MODULE_BASE, 0x1800, intent=announced.append)
+        assert announced == [blob]
+        assert process.fresh_region(blob, 0x1800) and process.fresh_region(blob, 0x2000)
+        assert not process.fresh_region(blob, 0x3000)  # not what an allocation of this size would be
+        assert not process.fresh_region(MODULE_BASE, 0x1000)  # the image is no fresh private allocation
+        process.free(blob, 0x1800)
+        assert not process.fresh_region(blob, 0x1800)  # nothing there any more
+    kernel.assert_no_leaks()
+
+
 def _patch(process: object, kernel: FakeKernel32) -> int:
     """The engine's sequence for one function: stage, register unwind, quiesce, switch, resume."""
     blob = process.allocate_near(MODULE_BASE, 0x1000)  # type: ignore[attr-defined]

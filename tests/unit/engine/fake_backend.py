@@ -204,7 +204,9 @@ class FakeHandle:
             raise StrictViolation(f"write to {region.prot} blob page 0x{address:x}")
         region.data[address - region.start : address - region.start + len(data)] = data
 
-    def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
+    def allocate_near(
+        self, base: int, size: int, span: int = 0x7FFF0000, intent: Callable[[int], None] | None = None
+    ) -> int:
         proc = self._check("allocate_near")
         if proc.fail.allocate:
             raise BackendError(proc.fail.allocate)
@@ -214,8 +216,15 @@ class FakeHandle:
             address += GRANULE
         if not base <= address <= base + span - size:
             raise StrictViolation("allocation outside the requested window")
+        if intent is not None:
+            intent(address)
         proc.regions.append(Region(address, bytearray(rounded), "rw", "blob"))
         return address
+
+    def fresh_region(self, address: int, size: int) -> bool:
+        self._check("fresh_region")
+        rounded = -(-max(size, 1) // PAGE) * PAGE
+        return any(r.kind == "blob" and r.start == address and len(r.data) == rounded for r in self.process.regions)
 
     def _blob(self, address: int, what: str) -> Region:
         for region in self.process.regions:

@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.host.faults import STEPS, fault_point
 
 from .conftest import Killed, Runner
-from .fake_backend import FakeBackend, FakeProcess
+from .fake_backend import FakeBackend, FakeHandle, FakeProcess
 from .images import Fixture, spawn
 
 APPLY_STEPS = [s for s in STEPS if s.startswith("apply_")]
@@ -116,6 +116,48 @@ def test_recovery_waits_for_a_thread_left_in_the_blob(
     proc.threads[0].rip = 0x7FF00000
     run("recover")
     assert _consistent(proc, state_dir) == "base"
+
+
+def test_an_engine_killed_after_journaling_an_allocation_but_before_making_it_leaves_nothing_to_free(
+    backend: FakeBackend, fx: Fixture, run: Runner, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = spawn(backend, fx)
+
+    def dies_in_the_system_call(
+        self: FakeHandle, base: int, size: int, span: int = 0x7FFF0000, intent: Callable[[int], None] | None = None
+    ) -> int:
+        assert intent is not None, "the allocation must be journaled ahead"
+        intent(0x1_8000_0000)
+        raise Killed()
+
+    monkeypatch.setattr(FakeHandle, "allocate_near", dies_in_the_system_call)
+    with pytest.raises(Killed):
+        run("apply")
+    backend.engine_died()
+    [record] = _open_records(state_dir)
+    assert [(p["state"], p["blob_mapped"], p["blob_address"]) for p in record["processes"]] == [
+        ("staging", False, 0x1_8000_0000)
+    ]
+    monkeypatch.undo()
+    code, result = run("recover")
+    assert code == 0 and "nothing to free" in result["recovered"][0]["note"], result
+    assert _open_records(state_dir) == [] and not proc.blobs() and _runs_old_or_new(proc) == {"base"}
+
+
+def test_memory_at_an_intended_address_that_is_not_ours_is_left_alone(
+    backend: FakeBackend, fx: Fixture, run: Runner, state_dir: Path, kill_at: Arm
+) -> None:
+    proc = spawn(backend, fx)
+    kill_at("apply_after_mmap")
+    with pytest.raises(Killed):
+        run("apply")
+    backend.engine_died()
+    [blob] = proc.blobs()
+    blob.data[:4] = b"\x48\x8b\x05\x00"  # something else lives there now: neither zeros nor our blob
+    kill_at(None)
+    code, result = run("recover")
+    assert code == 0 and "not ours, left alone" in result["recovered"][0]["note"], result
+    assert proc.blobs() == [blob] and _open_records(state_dir) == []
 
 
 def test_a_process_that_died_while_the_engine_was_down_is_retired(

@@ -41,6 +41,7 @@ INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 
 # Memory (winnt.h).
 MEM_COMMIT = 0x1000
+MEM_PRIVATE = 0x20000
 MEM_RESERVE = 0x2000
 MEM_RELEASE = 0x8000
 MEM_FREE = 0x10000

@@ -9,7 +9,7 @@ mitigation policy (ACG)") and never leaves a target changed by a failed call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 try:  # Protocol is 3.8+; the engine must import on every host Python we support
     from typing import Protocol
@@ -97,9 +97,18 @@ class ProcessHandle(Protocol):
     def write(self, address: int, data: bytes) -> None:
         """Write ``data`` at ``address`` (code pages included). Callers quiesce first when threads may run there."""
 
-    def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
+    def allocate_near(
+        self, base: int, size: int, span: int = 0x7FFF0000, intent: Optional[Callable[[int], None]] = None
+    ) -> int:
         """Reserve and commit ``size`` bytes, read-write, at an address in ``[base, base + span - size]``
-        (above the module, so image-relative RVAs stay 32-bit); raises BackendError when no room exists."""
+        (above the module, so image-relative RVAs stay 32-bit); raises BackendError when no room exists.
+        ``intent(address)`` runs before each attempt at an address, so the caller can journal it first: an
+        engine killed right after the allocation leaves memory the next run can find (see ``fresh_region``)."""
+
+    def fresh_region(self, address: int, size: int) -> bool:
+        """True when exactly one private allocation of this backend's kind spans [address, address + size
+        rounded up to pages): what an ``allocate_near`` interrupted before it returned would have left. False
+        when nothing is mapped there or the memory belongs to something larger (never freed on a guess)."""
 
     def protect(self, address: int, size: int, protection: str) -> None:
         """Change page protection to "rx", "rw" or "rwx"."""

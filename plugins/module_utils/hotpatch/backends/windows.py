@@ -18,7 +18,7 @@ import ctypes
 import struct
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import BackendError
 from . import _win32 as w
@@ -197,8 +197,11 @@ class WindowsProcess:
                     f"VirtualProtectEx(0x{address:x}, {size}, restore)",
                 )
 
-    def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
-        """Commit ``size`` bytes read-write at the first free, granularity-aligned gap above ``base``."""
+    def allocate_near(
+        self, base: int, size: int, span: int = 0x7FFF0000, intent: Optional[Callable[[int], None]] = None
+    ) -> int:
+        """Commit ``size`` bytes read-write at the first free, granularity-aligned gap above ``base``
+        (``intent(address)`` before each VirtualAllocEx)."""
         limit = base + span
         address = _align_up(base, w.ALLOCATION_GRANULARITY)
         while address + size <= limit:
@@ -206,6 +209,8 @@ class WindowsProcess:
             region_base = int(region.BaseAddress or 0)
             region_end = region_base + int(region.RegionSize)
             if region.State == w.MEM_FREE and region_end - address >= size:
+                if intent is not None:
+                    intent(address)
                 result = self.api.VirtualAllocEx(
                     self.handle, ctypes.c_void_p(address), size, w.MEM_COMMIT | w.MEM_RESERVE, w.PAGE_READWRITE
                 )
@@ -228,6 +233,21 @@ class WindowsProcess:
         self.win.check(
             self.api.VirtualProtectEx(self.handle, ctypes.c_void_p(address), size, flags, ctypes.byref(old)),
             f"VirtualProtectEx(0x{address:x}, {size}, {protection})",
+        )
+
+    def fresh_region(self, address: int, size: int) -> bool:
+        """True when a committed private allocation starts at ``address`` and spans exactly ``size`` rounded up
+        to pages (what VirtualAllocEx(MEM_COMMIT | MEM_RESERVE) at that address makes)."""
+        try:
+            region = self._query(address)
+        except BackendError:
+            return False
+        return (
+            int(region.BaseAddress or 0) == address
+            and int(region.AllocationBase or 0) == address
+            and int(region.RegionSize) == _align_up(max(size, 1), _PAGE)
+            and region.State == w.MEM_COMMIT
+            and region.Type == w.MEM_PRIVATE
         )
 
     def free(self, address: int, size: int) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import BackendError
 from . import _procfs
@@ -467,10 +467,13 @@ class WineProcess:
 
     # -- allocation ---------------------------------------------------------------------------------------------
 
-    def allocate_near(self, base: int, size: int, span: int = 0x7FFF0000) -> int:
+    def allocate_near(
+        self, base: int, size: int, span: int = 0x7FFF0000, intent: Optional[Callable[[int], None]] = None
+    ) -> int:
         """Map ``size`` bytes read-write at the lowest 64 KiB-aligned free address in [base, base + span - size]
-        by a remote mmap(MAP_FIXED_NOREPLACE) on a stopped thread. Wine's own bookkeeping does not know this
-        region (VirtualQuery reports it free); free() removes it. Raises BackendError when no gap is free."""
+        by a remote mmap(MAP_FIXED_NOREPLACE) on a stopped thread, ``intent(address)`` first. Wine's own
+        bookkeeping does not know this region (VirtualQuery reports it free); free() removes it. Raises
+        BackendError when no gap is free."""
         length = _page_up(max(size, 1))
         high = base + span
         candidates: List[int] = []
@@ -486,19 +489,27 @@ class WineProcess:
                 "the patch cannot be staged near the module (restart the process to apply it cold)"
             )
         flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
-        with self._stopped(limit=1) as stopped:
-            for address in candidates:
+        for address in candidates:
+            if intent is not None:
+                intent(address)
+            with self._stopped(limit=1) as stopped:
                 result = self._syscall(stopped, SYS_MMAP, (address, length, PROT_READ | PROT_WRITE, flags, -1, 0))
-                if result == address:
-                    self._allocations[address] = Allocation(address, length, "mmap")
-                    return address
-                if result == -errno.EEXIST:  # mapped meanwhile: try the next gap
-                    continue
-                if result >= 0:  # a kernel without MAP_FIXED_NOREPLACE took it as a hint
+                if result >= 0 and result != address:  # a kernel without MAP_FIXED_NOREPLACE took it as a hint
                     self._syscall(stopped, SYS_MUNMAP, (result, length))
                     raise BackendError(f"process {self._pid}: the kernel ignored MAP_FIXED_NOREPLACE (needs 4.17+)")
+            if result == address:
+                self._allocations[address] = Allocation(address, length, "mmap")
+                return address
+            if result != -errno.EEXIST:  # EEXIST: mapped meanwhile, try the next gap
                 raise BackendError(f"process {self._pid}: remote mmap at {address:#x} failed: {os.strerror(-result)}")
         raise BackendError(f"process {self._pid}: every free gap above {base:#x} was taken while allocating; retry")
+
+    def fresh_region(self, address: int, size: int) -> bool:
+        """True when one anonymous private mapping is exactly [address, address + size rounded up to pages)."""
+        length = _page_up(max(size, 1))
+        return any(
+            m.start == address and m.end == address + length and not m.path and m.perms[3] == "p" for m in self._maps()
+        )
 
     def protect(self, address: int, size: int, protection: str) -> None:
         """Remote mprotect of the pages covering [address, address + size) to "rx", "rw" or "rwx"."""

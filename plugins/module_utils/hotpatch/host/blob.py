@@ -11,7 +11,7 @@ from .faults import fault_point
 from .journal import ProcessRecord
 from .quiesce import quiesce_clear
 
-__all__ = ["free_when_idle", "release_blob"]
+__all__ = ["free_when_idle", "release_blob", "release_intended"]
 
 
 def release_blob(
@@ -48,6 +48,22 @@ def release_blob(
     except EngineError as exc:
         notes.append(f"blob at 0x{record.blob_address:x} not freed ({exc})")
     return "; ".join(notes)
+
+
+def release_intended(handle: ProcessHandle, record: ProcessRecord) -> str:
+    """Settle an allocation journaled ahead (``blob_mapped`` false) by an engine that died around the system call:
+    free the memory only when it is exactly one fresh private allocation at ``blob_address`` holding zeros
+    (mapped, not yet written) or the blob relocated there (``blob_sha256``); anything else is not ours and is
+    left alone. Sets ``blob_freed`` (nothing of ours is left either way) and returns a note."""
+    record.blob_freed = True
+    address = record.blob_address
+    if not handle.fresh_region(address, record.blob_size):
+        return f"apply interrupted before its blob at 0x{address:x} was mapped; nothing to free"
+    data = handle.read(address, record.blob_size)
+    if data.count(0) != len(data) and hashlib.sha256(data).hexdigest() != record.blob_sha256:
+        return f"memory at 0x{address:x} holds neither zeros nor this blob: not ours, left alone"
+    handle.free(address, record.blob_size)
+    return f"apply interrupted right after mapping its blob at 0x{address:x}; blob freed"
 
 
 def _still_ours(handle: ProcessHandle, record: ProcessRecord) -> bool:

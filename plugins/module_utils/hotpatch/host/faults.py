@@ -19,6 +19,7 @@ FAULT_EXIT_CODE = 99
 # Every step name the engine checks, in the order a run meets them.
 STEPS: Tuple[str, ...] = (
     # apply, per process
+    "apply_after_mmap",  # blob memory mapped, the journal names it only as intended (blob_mapped false)
     "apply_after_allocate",  # blob allocated (journal says staging), nothing written yet
     "apply_after_blob",  # relocated blob written and made RX
     "apply_after_unwind",  # unwind table registered in the target

@@ -9,7 +9,8 @@ File names: ``<UTC yyyymmddTHHMMSSffffff>-<kind>-<package_id>.json``. Files whos
 ``<state_dir>/journal/done/`` (kept for audit, never read again by the engine).
 
 Process record states (``ProcessRecord.state``):
-``staging`` blob allocated (maybe unwind registered), no jump written; ``switching`` threads stopped, jumps being
+``staging`` blob allocated (maybe unwind registered), no jump written (with ``blob_mapped`` false: the allocation
+at ``blob_address`` is only intended, written ahead of the system call that makes it); ``switching`` threads stopped, jumps being
 written; ``applied`` every jump in place; ``rolling_back`` originals being restored; ``rolled_back`` originals
 back; ``aborted`` apply undone before or during the switch; ``retired`` the process is gone (its identity no
 longer matches a live process). ``blob_freed`` says whether the blob and its unwind table are gone: a rolled back
@@ -88,6 +89,7 @@ class ProcessRecord:
     state: str = "staging"
     blob_freed: bool = False
     blob_sha256: str = ""  # of the relocated blob as written: tells our blob from memory reused after a free
+    blob_mapped: bool = True  # False while the allocation at blob_address is only intended (journaled ahead)
     releasing: bool = False  # set (and saved) before the table is removed and the blob freed
     table_removed: bool = False
     note: str = ""

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 from ..backends.base import Backend, ProcessHandle, ProcessInfo
 from ..errors import EngineError, JournalError
-from .blob import free_when_idle, release_blob
+from .blob import free_when_idle, release_blob, release_intended
 from .coldpatch import settle_stage
 from .discovery import identity
 from .journal import ApplyJournal, Journal, ProcessRecord, StageJournal
@@ -99,6 +99,9 @@ def _recover_process(
 def _settle(
     handle: ProcessHandle, journal: Journal, record: ApplyJournal, proc: ProcessRecord, options: Options
 ) -> None:
+    if proc.state == "staging" and not proc.blob_mapped:  # killed around the allocation's system call
+        journal.touch(proc, "aborted", release_intended(handle, proc))
+        return
     if proc.state == "staging":  # no jump was written: the blob is unreachable
         note = release_blob(handle, proc, lambda: journal.save(record), table_registered=False)
         journal.touch(proc, "aborted", note or "apply interrupted while staging; blob freed")

@@ -136,35 +136,57 @@ class PatchTransaction:
 
     def stage(self) -> None:
         """Allocate the blob near the module, write it relocated, make it RX, register unwind info and CFG
-        targets; the blob is journaled as soon as it exists. Nothing can reach it yet."""
+        targets. The allocation is journaled ahead (address and the hash of the blob relocated there, before the
+        system call that maps it) and again once it exists. Nothing can reach the blob yet."""
         handle, base = self.target.handle, self.target.module.base
         size = max(self.manifest.blob_size, 1)
-        address = handle.allocate_near(base, size)
         unwind = self.manifest.unwind
         info = self.target.info
-        self.record = ProcessRecord(
+        record = ProcessRecord(
             pid=info.pid,
             start_time=info.start_time,
             name=info.name,
             windows_pid=info.windows_pid,
             module_base=base,
             module_path=self.target.module.path,
-            blob_address=address,
+            blob_address=0,
             blob_size=size,
-            unwind_table=address + unwind.offset if unwind and unwind.count else None,
             unwind_count=unwind.count if unwind else 0,
+            blob_mapped=False,
         )
-        self.journal.add_process(self.file, self.record)
+        code = b""
+
+        def intent(address: int) -> None:
+            nonlocal code
+            code = relocate(self.package.blob, self.manifest.relocations, address, base)
+            record.blob_address = address
+            record.blob_sha256 = hashlib.sha256(code.ljust(size, b"\0")).hexdigest()
+            record.unwind_table = address + unwind.offset if unwind and unwind.count else None
+            if self.record is None:
+                self.record = record
+                self.journal.add_process(self.file, record)
+            self.journal.save(self.file)
+
+        try:
+            address = handle.allocate_near(base, size, intent=intent)
+        except EngineError:
+            if self.record is not None:  # journaled ahead, but the backend left nothing mapped
+                record.blob_freed = True
+                self.journal.touch(record, "aborted", "the blob could not be allocated; nothing was mapped")
+                self.journal.save(self.file)
+            raise
+        fault_point("apply_after_mmap")
+        if record.blob_address != address:  # a backend that did not announce this address
+            intent(address)
+        record.blob_mapped = True
         self.journal.save(self.file)
         fault_point("apply_after_allocate")
         try:
-            code = relocate(self.package.blob, self.manifest.relocations, address, base)
-            self.record.blob_sha256 = hashlib.sha256(code.ljust(size, b"\0")).hexdigest()
             handle.write(address, code)
             handle.protect(address, size, PROT_RX)
             fault_point("apply_after_blob")
-            if self.record.unwind_table is not None:
-                handle.add_function_table(self.record.unwind_table, self.record.unwind_count, base)
+            if record.unwind_table is not None:
+                handle.add_function_table(record.unwind_table, record.unwind_count, base)
                 self._table_registered = True
                 fault_point("apply_after_unwind")
             if self.manifest.cfg_targets:
