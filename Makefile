@@ -127,9 +127,11 @@ docs-check: link collections
 test:
 	@$(SYSTEM_PYTHON) scripts/ci/run_checks.py --setup deps venv collections -- $(CHECKS)
 
+# make demo DEMO_ARGS="--base-port 0" (free ports) or REBOOTLESS_DEMO_BASE_PORT=P make demo; stop: demo/fleet.py down
+DEMO_ARGS ?=
 demo: deps venv collections
 	@test -f demo/demo.py || { echo "demo: demo/demo.py does not exist yet (the demo fleet is still being built)" >&2; exit 1; }
-	$(PY) demo/demo.py
+	$(PY) demo/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf .cache .collections tests/output .ansible .mypy_cache .ruff_cache .pytest_cache .hypothesis

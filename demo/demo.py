@@ -1,12 +1,15 @@
 """What ``make demo`` runs: build the AppSvc service, bring up the simulated fleet, show it serving (and leaking
 on ``GET 5``), put load on it, then run the main job (the hotpatch rollout) with the load running.
 
-Usage: ``.venv/bin/python demo/demo.py [--hosts 4] [--load-seconds 5] [--rate 50] [--no-main-job] [--down]``
+Usage: ``.venv/bin/python demo/demo.py [--hosts 4] [--base-port P|0] [--load-seconds 5] [--rate 50] [--no-main-job]
+[--down]``; through make: ``make demo DEMO_ARGS="--base-port 0"``. The base port defaults to
+$REBOOTLESS_DEMO_BASE_PORT, else 18080; 0 picks free ports (or keeps the running fleet's).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.build import build
-from demo.fleet import DEFAULT_BASE_PORT, DEFAULT_ROOT, Fleet, FleetError
+from demo.fleet import DEFAULT_BASE_PORT, DEFAULT_ROOT, Fleet, FleetError, PortTakenError
 from demo.loadgen import LoadGen, Target, summary_lines
 from demo.wine import WineError
 
@@ -27,6 +30,23 @@ def run_main_job(inventory: Path, rate: float = 50.0) -> int:
     from demo.main_job import run_main_job as rollout
 
     return rollout(inventory, rate=rate)
+
+
+def port_taken_hint(exc: PortTakenError, hosts: int) -> str:
+    """What to type when the fleet's ports are taken: free ports for this demo, or stop the other fleet."""
+    return (
+        f"demo: port {exc.port} is taken (another checkout's demo fleet?). Either run on free ports:\n"
+        f'    make demo DEMO_ARGS="--base-port 0"\n'
+        f"or choose a block of {hosts} ports yourself:\n"
+        f'    make demo DEMO_ARGS="--base-port 24000"    (or REBOOTLESS_DEMO_BASE_PORT=24000 make demo)\n'
+        f"or stop the other fleet, in its checkout:\n"
+        f"    .venv/bin/python demo/fleet.py down"
+    )
+
+
+def default_base_port() -> int:
+    """$REBOOTLESS_DEMO_BASE_PORT (as demo/fleet.py reads it), else DEFAULT_BASE_PORT."""
+    return int(os.environ.get("REBOOTLESS_DEMO_BASE_PORT") or DEFAULT_BASE_PORT)
 
 
 def _table(fleet: Fleet) -> list[str]:
@@ -57,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    parser.add_argument(
+        "--base-port",
+        type=int,
+        default=default_base_port(),
+        help=f"host K listens on base+K-1 (default $REBOOTLESS_DEMO_BASE_PORT or {DEFAULT_BASE_PORT}; 0: free ports)",
+    )
     parser.add_argument("--load-seconds", type=float, default=5.0, help="load before the main job (seconds)")
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second per host")
     parser.add_argument("--down", action="store_true", help="stop the fleet at the end")
@@ -86,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\nhotpatch rollout (playbooks/hotpatch.yml) under load ...")
             rc = run_main_job(fleet.inventory_path, args.rate)
             print("\n".join(["", *_table(fleet)]))
+    except PortTakenError as exc:
+        print(f"demo failed: {exc}\n\n{port_taken_hint(exc, args.hosts)}", file=sys.stderr)
+        return 1
     except (FleetError, WineError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1

@@ -63,6 +63,7 @@ __all__ = [
     "Fleet",
     "FleetError",
     "HostRecord",
+    "PortTakenError",
     "ServiceRecord",
     "free_base_port",
     "request",
@@ -79,6 +80,16 @@ GROUP = "demo_fleet"
 
 class FleetError(RuntimeError):
     """A fleet operation failed; the message says which host/service and what to do."""
+
+
+class PortTakenError(FleetError):
+    """A host's port already answers (another fleet, another checkout's demo, any other program).
+
+    port is the loopback TCP port that answered; the message says how to pick other ports."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 @dataclass
@@ -266,9 +277,10 @@ class Fleet:
 
     def _start_service(self, record: HostRecord, svc: ServiceRecord, timeout: float) -> None:
         if _port_in_use(svc.port):
-            raise FleetError(
+            raise PortTakenError(
                 f"{record.name}/{svc.name}: port {svc.port} already answers, another program (another fleet?) "
-                "holds it; stop it or choose another --base-port"
+                "holds it; stop it (`demo/fleet.py down` in the other checkout) or pass `--base-port 0` for free ports",
+                svc.port,
             )
         proc = start_program(
             Path(svc.image),
@@ -361,23 +373,36 @@ class Fleet:
                     f"{meta.get('base_port')}; run `fleet.py down` before changing its size or ports"
                 )
             started: list[tuple[str, ServiceRecord]] = []
-            for i, name in enumerate(names, start=1):
-                with self._locked(name):
-                    if (self.host_dir(name) / "host.json").is_file():
-                        record = self.load_host(name)
-                    else:
-                        variant = (builds or {}).get(i) or ("v1-mismatch" if i == mismatch_host else "v1")
-                        record = self._provision(name, i, base_port + i - 1, variant)
-                    for svc in record.services.values():
-                        proc = self._find_service_process(name, svc)
-                        if proc is not None:
-                            if (svc.pid, svc.start_ticks, svc.state) != (proc.pid, proc.start_ticks, "running"):
-                                svc.pid, svc.start_ticks, svc.state = proc.pid, proc.start_ticks, "running"
-                            started.append((name, svc))
-                        elif svc.start == "auto":
-                            self._start_service(record, svc, timeout)
-                            started.append((name, svc))
-                    self._save_host(record)
+            launched: list[HostRecord] = []
+            try:
+                for i, name in enumerate(names, start=1):
+                    with self._locked(name):
+                        if (self.host_dir(name) / "host.json").is_file():
+                            record = self.load_host(name)
+                            self._repoint_if_stopped(record, base_port + i - 1)
+                        else:
+                            variant = (builds or {}).get(i) or ("v1-mismatch" if i == mismatch_host else "v1")
+                            record = self._provision(name, i, base_port + i - 1, variant)
+                        for svc in record.services.values():
+                            proc = self._find_service_process(name, svc)
+                            if proc is not None:
+                                if (svc.pid, svc.start_ticks, svc.state) != (proc.pid, proc.start_ticks, "running"):
+                                    svc.pid, svc.start_ticks, svc.state = proc.pid, proc.start_ticks, "running"
+                                started.append((name, svc))
+                            elif svc.start == "auto":
+                                self._start_service(record, svc, timeout)
+                                started.append((name, svc))
+                                launched.append(record)
+                        self._save_host(record)
+            except FleetError:
+                # A new fleet that failed half-way (port clash) stops what this call started, so no running
+                # service pins a port and a retry with other ports (--base-port 0) starts from clean records.
+                if not meta:
+                    for record in launched:
+                        for svc in record.services.values():
+                            self._stop_service(record.name, svc)
+                        self._save_host(record)
+                raise
             new_meta = {
                 "hosts": names,
                 "base_port": base_port,
@@ -390,6 +415,21 @@ class Fleet:
             self._write_inventory()
             self._wait_answering(started, timeout)
         return self.status()
+
+    def _repoint_if_stopped(self, record: HostRecord, port: int) -> None:
+        """Move a host whose service is not running to port (a failed up, e.g. a port clash, leaves host
+        records behind without fleet.json: they must not pin the old port when the caller asks for others).
+        A running service keeps its port: up() refuses other ports for a running fleet before this."""
+        if record.port == port:
+            return
+        if any(self._find_service_process(record.name, svc) is not None for svc in record.services.values()):
+            return
+        for svc in record.services.values():
+            if svc.port == record.port:
+                svc.args = [str(port) if arg == str(svc.port) else arg for arg in svc.args]
+                svc.port = port
+        record.port = port
+        self._save_host(record)
 
     def _write_cli(self) -> None:
         script = (
