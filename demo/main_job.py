@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,18 +132,32 @@ def run_playbook(
     return subprocess.run(cmd, cwd=REPO_ROOT, env=playbook_environment(), check=False, capture_output=True, text=True)
 
 
+REASON_WIDTH = 72
+
+
+def reason_lines(host: Mapping[str, Any], width: int = REASON_WIDTH) -> list[str]:
+    """A host's reasons ("; "-joined, or its decision reason) wrapped at word boundaries to lines of at most width
+    characters (a longer single word stays whole); the report files keep the same text unwrapped."""
+    text = "; ".join(str(r) for r in host["reasons"]) if host["reasons"] else str(host["decision_reason"] or "")
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
 def _summary(report: Mapping[str, Any]) -> list[str]:
-    rows = [f"{'host':<13} {'wave':>4}  {'decision':<9} {'result':<13} {'rolled back':<11} {'pause µs':>8}  reason"]
+    head = f"{'host':<13} {'wave':>4}  {'decision':<9} {'result':<13} {'rolled back':<11} {'pause µs':>8}  "
+    rows = [head + "reason"]
     for host in report["hosts"]:
-        reason = host["reasons"][-1] if host["reasons"] else host["decision_reason"]
+        first, *more = reason_lines(host)
         rows.append(
             f"{host['host']:<13} {host['wave'] or '-':>4}  {host['decision'] or '-':<9} {host['result']:<13} "
-            f"{'yes' if host['rolled_back'] else '':<11} {host['pause_us_max'] or '-':>8}  {reason[:90]}"
+            f"{'yes' if host['rolled_back'] else '':<11} {host['pause_us_max'] or '-':>8}  {first}"
         )
+        rows += [" " * len(head) + line for line in more]
     t = report["totals"]
+    gate = sum(len(w["failed"]) for w in report.get("waves") or [])
     rows.append(
         f"totals: {t['hotpatched']} hotpatched, {t['cold_patched']} cold-patched, {t['deferred']} deferred, "
         f"{t['skipped']} skipped, {t['failed']} failed, {t['not_run']} not run, {t['rolled_back']} rolled back"
+        + (f" ({gate} counted as failed by the wave gate)" if gate else "")
         + (f"; STOPPED: {report['stopped']}" if report.get("stopped") else "")
     )
     return rows

@@ -239,8 +239,12 @@ def build_report(
                 "hosts": list(wave.get("hosts") or []),
                 "started": wave.get("started"),
                 "finished": wave.get("finished"),
+                # "failed" is the wave gate's list (result failed, or rolled back unless hotpatch_rollback_is_failure
+                # is false); failed_results / rolled_back use the same rule as the totals, so the two never disagree.
                 "failed": list(wave.get("failed") or []),
                 "failed_percent": wave.get("failed_percent", 0),
+                "failed_results": sum(1 for e in members if e.result == "failed"),
+                "rolled_back": sum(1 for e in members if e.rolled_back),
                 "results": {r: sum(1 for e in members if e.result == r) for r in {e.result for e in members}},
             }
         )
@@ -329,13 +333,25 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     )
     lines.append("")
     if report["waves"]:
-        lines += ["## Waves", "", "| wave | hosts | failed | started | finished |", "|---|---|---|---|---|"]
+        lines += [
+            "## Waves",
+            "",
+            "| wave | hosts | failed | rolled back | counted by the wave gate | started | finished |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for wave in report["waves"]:
+            gate = ", ".join(wave["failed"])
             lines.append(
-                f"| {wave['index']} | {_md_cell(', '.join(wave['hosts']))} | {len(wave['failed'])} ({wave['failed_percent']}%) "
-                f"| {wave['started'] or ''} | {wave['finished'] or ''} |"
+                f"| {wave['index']} | {_md_cell(', '.join(wave['hosts']))} | {wave.get('failed_results', 0)} "
+                f"| {wave.get('rolled_back', 0)} | {len(wave['failed'])} ({wave['failed_percent']}%){': ' if gate else ''}"
+                f"{_md_cell(gate)} | {wave['started'] or ''} | {wave['finished'] or ''} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            "*failed*: hosts whose result is `failed` (as in the totals); *counted by the wave gate*: failed hosts plus "
+            "rolled-back ones (unless `hotpatch_rollback_is_failure: false`), compared with `hotpatch_max_fail_percentage`.",
+            "",
+        ]
     lines += ["## Hosts", "", "| host | wave | decision | result | rolled back | pause (µs) | health | time (s) |"]
     lines.append("|---|---|---|---|---|---|---|---|")
     for host in report["hosts"]:

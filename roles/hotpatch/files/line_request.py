@@ -1,7 +1,9 @@
 """Health probe run on the managed host: send one request line over TCP and match the answer line.
 
-Argument: base64 of a JSON object {host, port, send, expect, expect_not, timeout, record_answer}. Prints one JSON
-object {ok, detail, answer} and exits 0 (the verdict is ``ok``); exits 2 on a malformed argument. The answer is
+Argument: base64 of a JSON object {host, port, send, expect, expect_not, timeout, record_answer, retries, delay}.
+Tries up to ``retries`` times (at least once), ``delay`` seconds apart, until the answer matches. Prints one JSON
+object {ok, detail, answer, attempts} and exits 0 (the verdict is ``ok``: a failed check is an answer, not a task
+failure, so Ansible shows the detail instead of an empty error); exits 2 on a malformed argument. The answer is
 printed only when record_answer is true, so a leaked secret never reaches the controller's log.
 Runs on Python >= 3.8, standard library only.
 """
@@ -13,6 +15,7 @@ import json
 import re
 import socket
 import sys
+import time
 
 
 def probe(spec: dict) -> dict:
@@ -38,13 +41,27 @@ def probe(spec: dict) -> dict:
     answer = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
     kept = answer if spec.get("record_answer") else None
     if expect_not and re.search(expect_not, answer):
-        return {"ok": False, "detail": f"answer matches the forbidden pattern {expect_not!r}", "answer": kept}
+        return {"ok": False, "detail": f"answer matches the forbidden pattern /{expect_not}/", "answer": kept}
     if expect and not re.search(expect, answer):
-        return {"ok": False, "detail": f"answer does not match {expect!r}", "answer": kept}
+        return {"ok": False, "detail": f"answer does not match /{expect}/", "answer": kept}
     wanted = " and ".join(
-        x for x in (f"matches {expect!r}" if expect else "", f"not {expect_not!r}" if expect_not else "") if x
+        x for x in (f"matches /{expect}/" if expect else "", f"not /{expect_not}/" if expect_not else "") if x
     )
     return {"ok": True, "detail": "answer " + (wanted or "received"), "answer": kept}
+
+
+def probe_until_ok(spec: dict) -> dict:
+    """probe() up to spec["retries"] times (at least once), spec["delay"] seconds apart; adds "attempts"."""
+    tries = max(1, int(spec.get("retries") or 1))
+    delay = max(0.0, float(spec.get("delay") or 0))
+    attempt = 1
+    result = probe(spec)
+    while not result["ok"] and attempt < tries:
+        time.sleep(delay)  # the service may still be settling after the patch; no event to wait on over TCP
+        attempt += 1
+        result = probe(spec)
+    result["attempts"] = attempt
+    return result
 
 
 def main(argv: list) -> int:
@@ -53,9 +70,9 @@ def main(argv: list) -> int:
         spec["port"] = int(spec["port"])
         spec["send"] = str(spec["send"])
     except (IndexError, ValueError, KeyError, TypeError) as exc:
-        print(json.dumps({"ok": False, "detail": f"bad probe argument: {exc}", "answer": None}))
+        print(json.dumps({"ok": False, "detail": f"bad probe argument: {exc}", "answer": None, "attempts": 0}))
         return 2
-    print(json.dumps(probe(spec)))
+    print(json.dumps(probe_until_ok(spec)))
     return 0
 
 

@@ -283,3 +283,14 @@ def test_write_reports_refuses_unknown_formats_and_writes_only_the_chosen(tmp_pa
     files = write_reports(run, tmp_path / "sub", ["junit"])
     assert list(files) == ["junit"]
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["hotpatch-report.junit.xml"]
+
+
+def test_waves_and_totals_count_failed_hosts_by_the_same_rule(run: dict[str, Any]) -> None:
+    # h4 was rolled back and deferred: not "failed" (its result), but rolled back, and counted by the wave gate.
+    wave3 = run["waves"][2]
+    assert (wave3["failed_results"], wave3["rolled_back"], wave3["failed"]) == (0, 1, ["h4"])
+    assert sum(w["failed_results"] for w in run["waves"]) == run["totals"]["failed"]
+    assert sum(w["rolled_back"] for w in run["waves"]) == run["totals"]["rolled_back"]
+    text = render_markdown(run)
+    assert "| wave | hosts | failed | rolled back | counted by the wave gate | started | finished |" in text
+    assert "| 3 | h3, h4 | 0 | 1 | 1 (50.0%): h4 |" in text
