@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from demo.build import DemoBuild, build
-from demo.fleet import SERVICE_DIR, Fleet, free_base_port, request
+from demo.fleet import SERVICE_DIR, Fleet, PortTakenError, free_base_port, request
 from demo.loadgen import LoadGen, Target
 from demo.wine import DEFAULT_PREFIX, WINE_SYSTEM_COMMS, find_programs, prefix_processes, program_tag
 
@@ -328,3 +329,23 @@ def test_down_stops_every_process_of_the_fleet(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             request(port, "PING", timeout=1.0)
     assert_prefix_clean_unless_shared()
+
+
+def test_up_after_a_port_clash_comes_up_on_free_ports(tmp_path: Path) -> None:
+    f = Fleet(tmp_path / "fleet")
+    clash = free_base_port(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", clash + 1))  # host 1 starts, host 2 clashes
+        taken.listen()
+        with pytest.raises(PortTakenError):
+            f.up(hosts=2, base_port=clash, mismatch_host=0)
+        assert our_processes(f.root) == [], "a failed up must stop what it started"
+        try:
+            status = f.up(hosts=2, base_port=0, mismatch_host=0)
+            base = fleet_port(f)
+            assert base != clash
+            assert [h["services"][0]["port"] for h in status["hosts"]] == [base, base + 1]
+            assert all(h["services"][0]["answering"] for h in status["hosts"])
+        finally:
+            f.down()
+    assert our_processes(f.root) == []

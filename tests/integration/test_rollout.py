@@ -172,6 +172,14 @@ def test_host_failing_post_health_is_rolled_back_and_its_cold_path_deferred(roll
     assert [(c["phase"], c["name"]) for c in failed] == [("post", "owner's version pin (appcore 1.0.2)")]
     assert all(c["ok"] for c in host["health"] if c["phase"] == "rollback")
     assert any("maintenance window closed, next opening" in r for r in host["reasons"])
+    # The rollback's reason names the check and what it saw, with the pattern as the policy wrote it.
+    assert [r for r in host["reasons"] if r.startswith("post-health failed:")] == [
+        r"post-health failed: owner's version pin (appcore 1.0.2): answer does not match /^appcore 1\.0\.2$/"
+    ]
+    # Deferred, not failed; rolled back, so the wave gate counts it: the waves table and the totals agree.
+    [wave3] = [w for w in rollout.report["waves"] if "demo-host-4" in w["hosts"]]
+    assert (wave3["failed_results"], wave3["rolled_back"], wave3["failed"]) == (0, 1, ["demo-host-4"])
+    assert rollout.report["totals"]["failed"] == sum(w["failed_results"] for w in rollout.report["waves"])
     # Rolled back in the same process: the old code answers again, nothing was restarted or staged.
     after = rollout.after["demo-host-4"]
     assert after.pid == rollout.before["demo-host-4"].pid
