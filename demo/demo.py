@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             fleet.down()
             print("\nfleet stopped")
     if not args.down:
-        print(
-            f"\nthe fleet keeps running; stop it with: .venv/bin/python demo/fleet.py down   (status: {fleet.cli_path} status)"
+        stop = (
+            ".venv/bin/python demo/fleet.py down" if fleet.root == DEFAULT_ROOT.resolve() else f"{fleet.cli_path} down"
         )
+        print(f"\nthe fleet keeps running; stop it with: {stop}   (status: {fleet.cli_path} status)")
     return rc
 
 
