@@ -16,8 +16,10 @@ description:
     SVG timeline of the waves and, when O(loadgen) is given, the load generator's latency and failures per second) and
     C(hotpatch-report.junit.xml) (one test case per host).
   - Per host - wave, decision and its reason, result, rolled back or not, the longest process pause, every health
-    check with its phase and outcome, the maintenance window, phase durations. Per wave - hosts, failed share. Totals -
-    hotpatched, cold-patched, deferred, skipped, failed, not run, rolled back.
+    check with its phase and outcome, the maintenance window, phase durations. Per wave - hosts, failed hosts (result
+    C(failed), the same rule as the totals), rolled-back hosts, and the hosts the wave gate counted (rolled back too
+    unless C(hotpatch_rollback_is_failure=false)) with their share. Totals - hotpatched, cold-patched, deferred,
+    skipped, failed, not run, rolled back.
   - Hosts without a record (unreachable, or not run because the rollout stopped) are reported C(not_run).
   - No secret reaches a file - keys naming credentials are masked and text matching common credential shapes or
     O(redact) is replaced by C(<redacted>).
