@@ -3,7 +3,7 @@
     python -m tests.support.remote_death PID MODULE_BASE_HEX syscall|call STEP before|after
 
 Opens the Wine process PID with the engine's Wine backend and counts the ptrace requests that drive the
-borrowed thread (PTRACE_SYSCALL, PTRACE_SETREGS, PTRACE_SETREGSET, PTRACE_INTERRUPT, PTRACE_CONT) from the start of the operation: the remote
+borrowed thread (PTRACE_SYSCALL, PTRACE_SETREGS, PTRACE_SETREGSET, PTRACE_SETSIGMASK, PTRACE_INTERRUPT, PTRACE_CONT) from the start of the operation: the remote
 mmap that allocate_near runs (``syscall``), or everything add_function_table does (``call``: the stub's mmap,
 the call into RtlAddFunctionTable, the stub's munmap). At request number STEP it exits (``os._exit(99)``, no
 cleanup) either ``before`` making it or right ``after`` it (then the thread is running, or stopped with the new
@@ -24,7 +24,7 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors
 
 __all__ = ["main"]
 
-DRIVING = ("syscall", "set_regs", "set_xstate", "interrupt", "cont")
+DRIVING = ("syscall", "set_regs", "set_xstate", "set_sigmask", "interrupt", "cont")
 
 
 def arm(step: int, after: bool) -> Callable[[], None]:

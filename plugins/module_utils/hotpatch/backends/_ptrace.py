@@ -25,6 +25,7 @@ __all__ = [
     "interrupt",
     "seize",
     "set_regs",
+    "set_sigmask",
     "set_xstate",
     "singlestep",
     "syscall",
@@ -46,6 +47,7 @@ PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
 PTRACE_O_TRACESYSGOOD = 0x1
 SYSCALL_STOP = 0x80 | 5  # SIGTRAP | 0x80: the WSTOPSIG of a syscall-entry or -exit stop under TRACESYSGOOD
 NT_X86_XSTATE = 0x202
@@ -164,6 +166,12 @@ def get_sigmask(tid: int) -> int:
     mask = ctypes.c_uint64(0)
     _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask), "PTRACE_GETSIGMASK")
     return int(mask.value)
+
+
+def set_sigmask(tid: int, mask: int) -> None:
+    """Set the task's blocked-signal mask (the kernel never lets SIGKILL or SIGSTOP be blocked)."""
+    value = ctypes.c_uint64(mask & ((1 << 64) - 1))
+    _ptrace(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(value), "PTRACE_SETSIGMASK")
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:

@@ -35,7 +35,7 @@ from ._stop import StoppedProcess, StoppedTask
 __all__ = ["CALL_TIMEOUT_NS", "RED_ZONE", "FrameSwitch", "Gadgets", "remote_call", "remote_syscall"]
 
 _MASK64 = (1 << 64) - 1
-_FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
+ALL_SIGNALS = _MASK64  # blocked for the operation; the kernel keeps SIGKILL and SIGSTOP deliverable
 _EFLAGS_TF = 0x100
 _EFLAGS_DF = 0x400
 RED_ZONE = 128
@@ -89,15 +89,22 @@ class _Operation:
         return address
 
     def start(self, regs: _ptrace.Regs) -> None:
+        """Point the task at the operation, then block every signal for it: a signal sent meanwhile stays
+        pending (delivered by the kernel once the mask is back, even if the engine dies), so any signal the
+        operation meets is its own fault. Registers first: a death in between runs the operation with the
+        task's own mask, and its rt_sigreturn restores that mask anyway."""
         regs.orig_rax = NO_SYSCALL
         regs.eflags &= ~(_EFLAGS_TF | _EFLAGS_DF)
         self.task.touched = True
         _ptrace.set_regs(self.tid, regs)
+        _ptrace.set_sigmask(self.tid, ALL_SIGNALS)
 
     def until(self, deadline: int, want: Callable[[_ptrace.Regs], bool], block: bool = True) -> _ptrace.Regs:
-        """Resume with PTRACE_SYSCALL until a syscall stop whose registers satisfy ``want``; signals that arrive
-        meanwhile are held back and re-sent after the release, faults and timeouts raise BackendError. Without
-        ``block`` the wait polls (for code that may never stop: a blocking waitpid has no timeout)."""
+        """Resume with PTRACE_SYSCALL until a syscall stop whose registers satisfy ``want``. Every signal is
+        blocked, so a signal-delivery stop is the operation's own fault (SIGSEGV, SIGTRAP, ...: forced through the
+        mask) and raises BackendError, like a timeout; only SIGSTOP cannot be blocked: it is held and re-sent
+        after the release. Without ``block`` the wait polls (for code that may never stop: a blocking waitpid has
+        no timeout)."""
         while True:
             _ptrace.syscall(self.tid, 0)
             result = _ptrace.wait_stop(self.tid, deadline, block=block)
@@ -116,12 +123,11 @@ class _Operation:
                 continue  # a system call made by the called function
             if not result.signal_delivery:  # group-stop or a stray interrupt: keep going
                 continue
-            if result.sig in _FAULTS:
-                rip = _ptrace.get_regs(self.tid).rip
-                raise BackendError(
-                    f"{self.what} faulted ({signal.Signals(result.sig).name} at {rip:#x}); registers were restored"
-                )
-            self.sp.resend.append((self.tid, result.sig))  # asynchronous: delivered after we let go
+            if result.sig == signal.SIGSTOP:
+                self.sp.resend.append((self.tid, result.sig))  # asynchronous: delivered after we let go
+                continue
+            rip = _ptrace.get_regs(self.tid).rip
+            raise BackendError(f"{self.what} faulted ({_signal_name(result.sig)} at {rip:#x}); registers were restored")
 
     def finish(self, deadline: int) -> None:
         """At the rt_sigreturn entry stop: restore the FP state, then the registers with the call skipped
@@ -129,11 +135,13 @@ class _Operation:
         before it reaches user mode and put back its registers exactly as found there. From that stop the
         kernel restarts an interrupted system call itself, and until the task runs it still shows as blocked in
         that call (the next quiesce and _pick_task see it as it was)."""
+        _ptrace.set_sigmask(self.tid, self.sigmask)  # a death from here on: rt_sigreturn or back, own mask
         _ptrace.set_xstate(self.tid, self.xstate)
         _ptrace.set_regs(self.tid, self.back)
         self.restored = True
         _ptrace.interrupt(self.tid)  # trapped now: the trap comes after this one ends, before user mode
         _ptrace.cont(self.tid, 0)
+        delivered = False
         while True:
             result = _ptrace.wait_stop(self.tid, deadline)
             if result is None:
@@ -142,16 +150,19 @@ class _Operation:
                 raise BackendError(f"process {self.sp.pid} exited after {self.what}")
             if result.stopped and result.event == _ptrace.EVENT_STOP:
                 break
-            if result.signal_delivery:
-                self.sp.resend.append((self.tid, result.sig))
-            _ptrace.cont(self.tid, 0)
-        _ptrace.set_regs(self.tid, self.saved)
+            # The trap is taken before pending signals are dequeued, so this is rare: deliver the signal as the
+            # kernel would have (its handler returns to the registers set above).
+            delivered = delivered or result.signal_delivery
+            _ptrace.cont(self.tid, result.sig if result.signal_delivery else 0)
+        if not delivered:
+            _ptrace.set_regs(self.tid, self.saved)
 
     def restore(self) -> None:
         """On failure: the registers as found, at whatever stop the task is in now."""
         if self.restored:
             return
         try:
+            _ptrace.set_sigmask(self.tid, self.sigmask)
             _ptrace.set_regs(self.tid, self.back)
             _ptrace.set_xstate(self.tid, self.xstate)
         except OSError as exc:
@@ -164,6 +175,13 @@ class _Operation:
         except OSError:
             return
         _ptrace.wait_stop(self.tid, time.monotonic_ns() + 1_000_000_000)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _begin(sp: StoppedProcess, task: StoppedTask, what: str) -> _Operation:
