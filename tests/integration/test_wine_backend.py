@@ -23,7 +23,8 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backen
     WineBackend,
     WineProcess,
 )
-from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError, CallLeftRunning
+from tests.support.procmem import sample
 
 pytestmark = [pytest.mark.wine]
 
@@ -615,6 +616,35 @@ def test_remote_call_that_never_returns_times_out_and_the_process_keeps_running(
     after = target.wait_calls(before[0])
     assert after[3] == 0
     assert target.ask("call 5") == "11"
+
+
+def test_a_slow_remote_call_outside_a_quiesce_is_never_aborted_the_others_run_until_it_returns(
+    target: Target, handle: WineProcess
+) -> None:
+    """Outside a quiesce a call still running at its timeout is not cut short (half-run Windows code can leave a
+    lock taken for good): the other threads run meanwhile, and a call that returns within SLOW_FACTOR timeouts
+    more returns normally."""
+    sleep = handle._export("kernel32.dll", "Sleep")
+    before = target.stats()
+    assert handle._call(sleep, (600,), 200_000_000) == 0
+    assert target.wait_calls(before[0])[3] == 0
+    assert target.ask("call 5") == "11"
+    assert target.tracers() == {0}
+
+
+def test_a_remote_call_that_outlasts_its_grace_is_left_to_finish_and_its_thread_comes_back(
+    target: Target, handle: WineProcess
+) -> None:
+    """Past the grace the thread is let go mid-call: it finishes the call, its stub puts the TEB's syscall frame
+    back and its rt_sigreturn frame its registers and mask, and the program's main thread (the one borrowed:
+    blocked reading its input) answers again. Only the marked call page stays mapped."""
+    sleep = handle._export("kernel32.dll", "Sleep")
+    with pytest.raises(CallLeftRunning, match="left to finish it"):
+        handle._call(sleep, (2500,), 200_000_000)
+    assert target.tracers() == {0}
+    assert target.ask("call 5") == "11"  # answered once the Sleep is over and the thread put itself back
+    assert sample(target.pid).call_pages == 1
+    assert target.stats()[3] == 0
 
 
 # -- errors leave nothing attached ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "CallLeftRunning",
     "EngineError",
     "ImageError",
     "JournalError",
@@ -67,6 +68,11 @@ class BackendError(EngineError):
 
     exit_code = 7
     kind = "backend"
+
+
+class CallLeftRunning(BackendError):
+    """A call into the target did not return in time and was left to finish on its own thread (aborting it
+    half-way could leave a lock of the target taken for good); its effects may still happen later."""
 
 
 class JournalError(EngineError):

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import CallLeftRunning
+
 from .conftest import Runner
-from .fake_backend import FakeBackend, FakeProcess
+from .fake_backend import FakeBackend, FakeHandle, FakeProcess
 from .images import Fixture, spawn
 
 
@@ -97,6 +99,37 @@ def test_a_platform_failure_while_staging_leaves_nothing_behind(
     assert f"injected {failure} failure" in got[proc.info.pid]["reason"]
     _untouched(proc)
     assert got[other.info.pid]["result"] == "patched"  # one bad process does not stop the others
+
+
+@pytest.mark.parametrize("registered", [True, False], ids=["registered_before_the_abort", "registered_later"])
+def test_an_unwind_registration_left_running_never_leaves_a_table_over_freed_memory(
+    backend: FakeBackend, fx: Fixture, run: Runner, monkeypatch: pytest.MonkeyPatch, registered: bool
+) -> None:
+    """RtlAddFunctionTable that did not return in time is left to finish on its own thread (CallLeftRunning): it
+    may register the table at any moment, so the blob is freed only once the table could be removed."""
+    proc = spawn(backend, fx)
+    real = FakeHandle.add_function_table
+    late: list[tuple[int, int, int]] = []
+
+    def left_running(self: FakeHandle, table: int, count: int, base: int) -> None:
+        if registered:
+            real(self, table, count, base)
+        else:
+            late.append((table, count, base))
+        raise CallLeftRunning("did not return within 12.0 s; the thread was left to finish it")
+
+    monkeypatch.setattr(FakeHandle, "add_function_table", left_running)
+    code, result = run("apply")
+    assert code == 1 and result["processes"][0]["result"] == "failed"
+    monkeypatch.undo()
+    if registered:  # removed, then freed: nothing left
+        assert not proc.blobs() and not proc.tables
+        return
+    assert len(proc.blobs()) == 1  # the table may still come: the blob is kept
+    table, count, base = late[0]
+    proc.tables[table] = (count, base)  # the abandoned call completes after all
+    assert run("recover")[0] == 0
+    assert not proc.blobs() and not proc.tables
 
 
 def test_an_aborted_apply_is_journaled_and_archived(

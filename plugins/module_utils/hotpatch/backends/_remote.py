@@ -13,12 +13,13 @@ call of its own is restarted by the kernel when it resumes, as if nothing had ha
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from ..errors import BackendError
+from ..errors import BackendError, CallLeftRunning
 from . import _ptrace
 from ._sigframe import (
     CALL_STUB_FRAME_OFFSET,
@@ -32,7 +33,7 @@ from ._sigframe import (
 )
 from ._stop import StoppedProcess, StoppedTask
 
-__all__ = ["CALL_TIMEOUT_NS", "RED_ZONE", "FrameSwitch", "Gadgets", "remote_call", "remote_syscall"]
+__all__ = ["CALL_TIMEOUT_NS", "RED_ZONE", "SLOW_FACTOR", "FrameSwitch", "Gadgets", "remote_call", "remote_syscall"]
 
 _MASK64 = (1 << 64) - 1
 ALL_SIGNALS = _MASK64  # blocked for the operation; the kernel keeps SIGKILL and SIGSTOP deliverable
@@ -40,6 +41,7 @@ _EFLAGS_TF = 0x100
 _EFLAGS_DF = 0x400
 RED_ZONE = 128
 CALL_TIMEOUT_NS = 2_000_000_000
+SLOW_FACTOR = 5  # a call still running at its timeout gets this many timeouts more with the other threads running
 SYSCALL_TIMEOUT_NS = 2_000_000_000
 
 Write = Callable[[int, bytes], None]
@@ -67,6 +69,10 @@ class FrameSwitch:
 
 def _signed(value: int) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
+
+
+class _Slow(Exception):
+    """A call has not returned by its deadline; the task still runs it (internal to remote_call)."""
 
 
 class _Operation:
@@ -99,20 +105,30 @@ class _Operation:
         _ptrace.set_regs(self.tid, regs)
         _ptrace.set_sigmask(self.tid, ALL_SIGNALS)
 
-    def until(self, deadline: int, want: Callable[[_ptrace.Regs], bool], block: bool = True) -> _ptrace.Regs:
+    def until(
+        self,
+        deadline: int,
+        want: Callable[[_ptrace.Regs], bool],
+        block: bool = True,
+        interrupt: bool = True,
+        resume: bool = True,
+    ) -> _ptrace.Regs:
         """Resume with PTRACE_SYSCALL until a syscall stop whose registers satisfy ``want``. Every signal is
         blocked, so a signal-delivery stop is the operation's own fault (SIGSEGV, SIGTRAP, ...: forced through the
         mask) and raises BackendError, like a timeout; only SIGSTOP cannot be blocked: it is held and re-sent
         after the release. Without ``block`` the wait polls (for code that may never stop: a blocking waitpid has
         no timeout)."""
         while True:
-            _ptrace.syscall(self.tid, 0)
+            if resume:
+                _ptrace.syscall(self.tid, 0)
+            resume = True
             result = _ptrace.wait_stop(self.tid, deadline, block=block)
             if result is None:
+                if not interrupt:
+                    raise _Slow()  # the task is still running its call
                 self._interrupt()
                 raise BackendError(
-                    f"{self.what} on thread {self.tid} of process {self.sp.pid} timed out (a lock held by a "
-                    "stopped thread?); registers were restored"
+                    f"{self.what} on thread {self.tid} of process {self.sp.pid} timed out; registers were restored"
                 )
             if result.gone:
                 raise BackendError(f"process {self.sp.pid} exited during {self.what}")
@@ -167,6 +183,16 @@ class _Operation:
             _ptrace.set_xstate(self.tid, self.xstate)
         except OSError as exc:
             raise BackendError(f"thread {self.tid}: could not restore registers ({exc}); the process is gone") from exc
+
+    def leave_running(self) -> None:
+        """Detach the task in the middle of its call and let it finish alone: its stub puts the TEB pointer,
+        its registers and its mask back through the rt_sigreturn frame (the self-restoring path)."""
+        self._interrupt()
+        with contextlib.suppress(OSError):  # gone: nothing to finish
+            _ptrace.detach(self.tid, 0)
+        self.sp.attached.discard(self.tid)
+        self.sp.tasks.pop(self.tid, None)
+        self.restored = True  # nothing for restore() to do: the thread restores itself
 
     def _interrupt(self) -> None:
         """Bring a task we let run back to a ptrace stop (after a timeout) so its registers can be restored."""
@@ -238,6 +264,7 @@ def remote_call(
     timeout_ns: int = CALL_TIMEOUT_NS,
     stack: int = 0,
     switch: Optional[FrameSwitch] = None,
+    slow_ns: int = 0,
 ) -> int:
     """Call ``function(args...)`` (Windows x64 ABI: rcx, rdx, r8, r9) on ``task`` through the CALL_STUB written
     at ``stub``; returns rax. The signal frame goes below the red zone of ``stack`` (default: the task's rsp)
@@ -246,6 +273,10 @@ def remote_call(
     call (SIGSEGV, ...) are not delivered: the registers are restored and BackendError is raised."""
     op = _begin(sp, task, f"remote call at {function:#x}")
     end = stub + CALL_STUB_SIGRETURN_END
+
+    def returned(regs: _ptrace.Regs) -> bool:
+        return bool(regs.rip == end and regs.orig_rax == SYS_RT_SIGRETURN)
+
     try:
         slot = op.frame(write, (stack or int(op.saved.rsp)) - RED_ZONE, 8, 0)
         regs = op.saved.copy()
@@ -255,8 +286,21 @@ def remote_call(
         regs.r12, regs.r13, regs.r14 = (switch.pointer, switch.live, switch.fresh) if switch else (0, 0, 0)
         regs.rsp = slot - CALL_STUB_FRAME_OFFSET
         op.start(regs)
-        deadline = time.monotonic_ns() + timeout_ns
-        done = op.until(deadline, lambda r: r.rip == end and r.orig_rax == SYS_RT_SIGRETURN, block=False)
+        try:
+            done = op.until(time.monotonic_ns() + timeout_ns, returned, block=False, interrupt=not slow_ns)
+        except _Slow:
+            # Waiting for a lock a stopped thread holds? Let the others run, and never abort a started call:
+            # half-run Windows code can leave a lock taken for good.
+            sp.let_run(task.tid)
+            try:
+                done = op.until(time.monotonic_ns() + slow_ns, returned, False, False, resume=False)
+            except _Slow:
+                op.leave_running()
+                raise CallLeftRunning(
+                    f"remote call at {function:#x} on thread {task.tid} of process {sp.pid} did not return within "
+                    f"{(timeout_ns + slow_ns) / 1e9:.1f} s; the thread was left to finish it (it puts "
+                    "itself back afterwards) and its call page stays mapped"
+                ) from None
         op.finish(time.monotonic_ns() + SYSCALL_TIMEOUT_NS)
         return int(done.rdi)
     except OSError as exc:

@@ -20,11 +20,11 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import BackendError
+from ..errors import BackendError, CallLeftRunning
 from . import _procfs
 from ._procfs import Mapping
 from ._ptrace import get_xstate
-from ._remote import CALL_TIMEOUT_NS, RED_ZONE, FrameSwitch, Gadgets, remote_call, remote_syscall
+from ._remote import CALL_TIMEOUT_NS, RED_ZONE, SLOW_FACTOR, FrameSwitch, Gadgets, remote_call, remote_syscall
 from ._sigframe import CALL_STUB, CALL_STUB_MARKER, RESTORE_RT, SYSCALL_RET
 from ._stop import StoppedProcess, StoppedTask, stop_all
 from ._winelayout import WineLayout, probe
@@ -424,9 +424,9 @@ class WineProcess:
                 return module.base + rva
         raise BackendError(f"process {self._pid}: {dll} exports no {name}")
 
-    def _call(self, function: int, args: Sequence[int]) -> int:
+    def _call(self, function: int, args: Sequence[int], timeout_ns: int = 0) -> int:
         with self._stopped() as stopped:
-            return self._call_on(stopped, self._pick_task(stopped, for_call=True), function, args)
+            return self._call_on(stopped, self._pick_task(stopped, for_call=True), function, args, timeout_ns)
 
     def _call_on(
         self, stopped: StoppedProcess, task: StoppedTask, function: int, args: Sequence[int], timeout_ns: int = 0
@@ -437,6 +437,10 @@ class WineProcess:
         and back after it, as Wine does for its own user-mode callbacks), so an NT system call made by
         ``function`` cannot clobber the blocked one."""
         timeout_ns = timeout_ns or CALL_TIMEOUT_NS
+        # Outside a quiesce, a call still running at its timeout (waiting for a lock a stopped thread holds?) is
+        # never aborted: the other threads run, and if it still does not return it is left to finish alone.
+        # Under a quiesce the threads must stay stopped: it is aborted and its registers restored.
+        slow_ns = 0 if self._quiesced is not None else SLOW_FACTOR * timeout_ns
         flags = MAP_PRIVATE | MAP_ANONYMOUS
         # First: a remote system call's own signal frame goes below some thread's stack pointer, where the
         # fresh syscall frame is about to be copied.
@@ -445,12 +449,13 @@ class WineProcess:
             raise BackendError(f"process {self._pid}: remote mmap of the call stub failed: {os.strerror(-page)}")
         stub = page + len(CALL_STUB_MARKER)
         switch = None
+        left = False
         try:
             self.write(page, CALL_STUB_MARKER + CALL_STUB)
             unix = self._unix_side(task) if task.in_syscall else None
             layout = self._layout()
             if unix is None or layout is None:
-                return remote_call(stopped, task, stub, function, args, self.write, timeout_ns)
+                return remote_call(stopped, task, stub, function, args, self.write, timeout_ns, slow_ns=slow_ns)
             mapping = _procfs.find_mapping(self._maps(), unix.frame)
             room = (mapping.end - unix.frame) if mapping is not None else 0
             size = min(FRAME_HEADER + len(get_xstate(task.tid)[1]), room)
@@ -459,11 +464,17 @@ class WineProcess:
                 raise BackendError(f"process {self._pid}: thread {task.tid} has no room for a nested syscall frame")
             self.write(fresh, self.read(unix.frame, size))
             switch = FrameSwitch(unix.teb + layout.teb_syscall_frame, fresh, unix.frame)
-            return remote_call(stopped, task, stub, function, args, self.write, timeout_ns, unix.windows_rsp, switch)
+            return remote_call(
+                stopped, task, stub, function, args, self.write, timeout_ns, unix.windows_rsp, switch, slow_ns
+            )
+        except CallLeftRunning:
+            left = True  # the thread still runs the stub: it puts the TEB pointer back itself; keep its page
+            raise
         finally:
-            if switch is not None:  # the stub put it back unless the call was cut short
-                self.write(switch.pointer, struct.pack("<Q", switch.live))
-            self._syscall(stopped, SYS_MUNMAP, (page, PAGE), task)
+            if not left:
+                if switch is not None:  # the stub put it back unless the call was cut short
+                    self.write(switch.pointer, struct.pack("<Q", switch.live))
+                self._syscall(stopped, SYS_MUNMAP, (page, PAGE), task)
 
     # -- allocation ---------------------------------------------------------------------------------------------
 

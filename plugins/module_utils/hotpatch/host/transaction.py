@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..backends.base import PROT_RX, Quiesced
-from ..errors import BackendError, EngineError, JournalError
+from ..errors import BackendError, CallLeftRunning, EngineError, JournalError
 from ..package import LONG_JUMP_SIZE, SHORT_JUMP_SIZE, Package
 from .blob import release_blob
 from .codestate import FileHashes, check_image, code_of, describe_other, read_functions
@@ -186,7 +186,11 @@ class PatchTransaction:
             handle.protect(address, size, PROT_RX)
             fault_point("apply_after_blob")
             if record.unwind_table is not None:
-                handle.add_function_table(record.unwind_table, record.unwind_count, base)
+                try:
+                    handle.add_function_table(record.unwind_table, record.unwind_count, base)
+                except CallLeftRunning:
+                    self._table_registered = True  # it may still happen: the blob is kept unless removal works
+                    raise
                 self._table_registered = True
                 fault_point("apply_after_unwind")
             if self.manifest.cfg_targets:
