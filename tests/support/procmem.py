@@ -80,13 +80,16 @@ def sample(pid: int, cycle: int = 0) -> MemorySample:
 
 
 def _call_pages(pid: int, start: int, end: int) -> int:
-    """Pages of [start, end) that begin with the Wine backend's call-stub marker (needs root, like the engine)."""
+    """Pages of [start, end) that are Wine-backend call pages (needs root, like the engine): they begin with the
+    call-stub marker, or, as a whole one-page mapping, are all zeros (mapped r-x by an engine killed before it
+    wrote the page: a blob is never r-x before it holds code)."""
     count = 0
     try:
         with open(f"/proc/{pid}/mem", "rb") as mem:
             for page in range(start, end, PAGE):
                 mem.seek(page)
-                if mem.read(len(CALL_STUB_MARKER)) == CALL_STUB_MARKER:
+                data = mem.read(PAGE if end - start == PAGE else len(CALL_STUB_MARKER))
+                if data.startswith(CALL_STUB_MARKER) or (end - start == PAGE and not any(data)):
                     count += 1
     except OSError:
         return count
