@@ -13,7 +13,6 @@ call of its own is restarted by the kernel when it resumes, as if nothing had ha
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -117,7 +116,8 @@ class _Operation:
         blocked, so a signal-delivery stop is the operation's own fault (SIGSEGV, SIGTRAP, ...: forced through the
         mask) and raises BackendError, like a timeout; only SIGSTOP cannot be blocked: it is held and re-sent
         after the release. Without ``block`` the wait polls (for code that may never stop: a blocking waitpid has
-        no timeout)."""
+        no timeout). Without ``interrupt`` a deadline raises _Slow and leaves the task running its call; without
+        ``resume`` the first wait is for a task already running (after _Slow)."""
         while True:
             if resume:
                 _ptrace.syscall(self.tid, 0)
@@ -188,10 +188,7 @@ class _Operation:
         """Detach the task in the middle of its call and let it finish alone: its stub puts the TEB pointer,
         its registers and its mask back through the rt_sigreturn frame (the self-restoring path)."""
         self._interrupt()
-        with contextlib.suppress(OSError):  # gone: nothing to finish
-            _ptrace.detach(self.tid, 0)
-        self.sp.attached.discard(self.tid)
-        self.sp.tasks.pop(self.tid, None)
+        self.sp.let_go(self.tid)  # touched: no held signal to re-deliver
         self.restored = True  # nothing for restore() to do: the thread restores itself
 
     def _interrupt(self) -> None:

@@ -64,17 +64,21 @@ class StoppedProcess:
     stat_fds: Dict[int, int] = field(default_factory=dict)  # tid -> open /proc/PID/task/TID/stat (-1: none)
     gc_held: bool = False
 
+    def let_go(self, tid: int) -> None:
+        """Detach one stopped task now (re-delivering its held signal unless we ran code on it) and forget it;
+        ``release`` then leaves it alone. A task never seen stopped stays for ``release``."""
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            return
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing left to let go
+            _ptrace.detach(tid, 0 if task.touched else task.held_signal)
+        self.attached.discard(tid)
+
     def let_run(self, keep: int) -> None:
-        """Detach every stopped task but ``keep`` (re-delivering held signals), e.g. so that a thread holding a
-        lock a remote call on ``keep`` waits for can release it. ``release`` still detaches ``keep``."""
+        """Let every stopped task but ``keep`` go, e.g. so that a thread holding a lock a remote call on ``keep``
+        waits for can release it. ``release`` still detaches ``keep``."""
         for tid in sorted(self.attached - {keep}):
-            task = self.tasks.get(tid)
-            if task is None:
-                continue  # never seen stopped: release() handles it
-            with contextlib.suppress(OSError):  # gone meanwhile: nothing left to let go
-                _ptrace.detach(tid, 0 if task.touched else task.held_signal)
-            self.attached.discard(tid)
-            del self.tasks[tid]
+            self.let_go(tid)
 
     def release(self) -> int:
         """Detach every task (re-delivering held signals); returns the pause in microseconds. Idempotent."""
