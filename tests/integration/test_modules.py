@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.fleet import Fleet, free_base_port
+from demo.fleet import Fleet
 from demo.main_job import build_demo_package
+from tests.support.running_fleet import running_fleet
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 
@@ -37,12 +38,8 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("modules-fleet"))
-    try:
-        f.up(hosts=2, base_port=free_base_port(2), timeout=60)  # never a running demo's or another test's ports
-        yield f
-    finally:
-        f.down()
+    with running_fleet(tmp_path_factory.mktemp("modules-fleet"), hosts=2) as fleet:  # free ports, never a demo's
+        yield fleet
 
 
 class Run:

@@ -9,7 +9,6 @@ task is reported failed and the host ends failed with the plan's reason. Both ru
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from demo.fleet import Fleet, free_base_port
+from demo.fleet import Fleet
 from demo.main_job import build_demo_package, playbook_command, playbook_environment
+from tests.support.running_fleet import have_wine, running_fleet
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
@@ -27,14 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if not (Path("/usr/lib/wine/wine64").exists() and os.access("/usr/bin/x86_64-w64-mingw32-gcc", os.X_OK)):
+    if not have_wine():
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
-    f = Fleet(tmp_path_factory.mktemp("decide-fleet"))
-    try:
-        f.up(hosts=1, base_port=free_base_port(1), mismatch_host=1, timeout=60)
-        yield f
-    finally:
-        f.down()
+    with running_fleet(tmp_path_factory.mktemp("decide-fleet"), hosts=1, mismatch_host=1) as fleet:
+        yield fleet
 
 
 def _check_run(fleet: Fleet, tmp_path: Path, extra: dict[str, Any]) -> tuple[str, dict[str, Any]]:

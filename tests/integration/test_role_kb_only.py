@@ -9,7 +9,6 @@ test_osupdate_role.py does for the KB phase.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from demo.fleet import Fleet, free_base_port
+from demo.fleet import Fleet
 from demo.main_job import playbook_command, playbook_environment
 from tests.support.local_play import run_local_playbook
+from tests.support.running_fleet import have_wine, running_fleet
 
 pytestmark = [pytest.mark.integration]
 
@@ -27,20 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 KB = "C:\\ProgramData\\rebootless\\kb\\windows11.0-kb5099999-x64.msu"
 
 
-def have_wine() -> bool:
-    return Path("/usr/lib/wine/wine64").exists() and bool(os.access("/usr/bin/x86_64-w64-mingw32-gcc", os.X_OK))
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     if not have_wine():
         pytest.skip("needs wine64 and mingw-w64 (make deps)")
-    f = Fleet(tmp_path_factory.mktemp("kb-only-fleet"))
-    try:
-        f.up(hosts=1, base_port=free_base_port(1), mismatch_host=0, timeout=60)
-        yield f
-    finally:
-        f.down()
+    with running_fleet(tmp_path_factory.mktemp("kb-only-fleet"), hosts=1, mismatch_host=0) as fleet:
+        yield fleet
 
 
 def _main_job(fleet: Fleet, report: Path, extra: dict[str, Any]) -> tuple[subprocess.CompletedProcess[str], dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from demo.fleet import SERVICE_DIR, Fleet, free_base_port
 from demo.main_job import run_main_job, run_playbook
+from tests.support.running_fleet import have_wine
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration, pytest.mark.slow]
 
@@ -31,10 +31,6 @@ RECAP = re.compile(
     r"^(?P<host>\S+)\s+: ok=\d+\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
     re.M,
 )
-
-
-def have_wine() -> bool:
-    return Path("/usr/lib/wine/wine64").exists() and shutil.which("x86_64-w64-mingw32-gcc") is not None
 
 
 @dataclass

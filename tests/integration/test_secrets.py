@@ -36,9 +36,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ansible_collections.rebootless.windows.plugins.plugin_utils._signing import public_key_text
-from demo.fleet import Fleet, free_base_port
+from demo.fleet import Fleet
 from demo.main_job import PLAYBOOK, POLICY, REPO_ROOT, build_demo_package, playbook_environment
 from tests.fixtures.pe import build_all
+from tests.support.running_fleet import running_fleet
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
@@ -107,12 +108,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         build_all()
     except FileNotFoundError as exc:
         pytest.skip(f"toolchain missing: {exc}")
-    f = Fleet(tmp_path_factory.mktemp("secrets-fleet"))
-    try:
-        f.up(hosts=1, base_port=free_base_port(1), mismatch_host=0, timeout=60)
-        yield f
-    finally:
-        f.down()
+    with running_fleet(tmp_path_factory.mktemp("secrets-fleet"), hosts=1, mismatch_host=0) as fleet:
+        yield fleet
 
 
 class _StatusPage(BaseHTTPRequestHandler):
