@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
 CASE = "gcc/changed_constant"
 APPLY_TASK = "TASK [rebootless.windows.hotpatch : Apply | hotpatch the running processes]"
+APPLY_PHASE = "TASK [rebootless.windows.hotpatch : Apply] "
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -163,8 +164,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def apply_task_outcome(output: str) -> str:
-    """The first status word printed after the role's apply task ("changed", "ok", "fatal", "skipping")."""
+    """The first status word printed after the role's apply task ("changed", "ok", "fatal", "skipping"); when
+    the run never reached it, that of the role's Apply phase (skipped when the plan found nothing to do)."""
     _unused, found, rest = output.partition(APPLY_TASK)
+    if not found:
+        _unused, found, rest = output.partition(APPLY_PHASE)
     assert found, output[-3000:]
     match = re.search(r"^(changed|ok|fatal|skipping|failed): \[", rest, re.M)
     assert match, rest[:2000]
@@ -193,11 +197,15 @@ def test_two_playbook_runs_at_once_patch_the_host_once_and_only_one_reports_chan
     finally:
         load = gen.stop()
     assert [p.returncode for p in runs] == [0, 0], [o[-3000:] for o in outputs]
-    assert sorted(apply_task_outcome(o) for o in outputs) == ["changed", "ok"], [o[-3000:] for o in outputs]
+    # Either both runs reach the engine (one patches, the other finds it patched under the host lock), or one
+    # plans only after the other has patched and skips its apply (decision table row 2). Exactly one changes.
+    outcomes = sorted(apply_task_outcome(o) for o in outputs)
+    assert outcomes in (["changed", "ok"], ["changed", "skipping"]), [o[-3000:] for o in outputs]
 
     reports = [json.loads((tmp_path / f"report-{n}" / "hotpatch-report.json").read_text()) for n in ("first", "second")]
     entries: list[dict[str, Any]] = [next(h for h in r["hosts"] if h["host"] == host) for r in reports]
-    assert [e["result"] for e in entries] == ["hotpatched", "hotpatched"], entries
+    second = "hotpatched" if outcomes == ["changed", "ok"] else "skipped"
+    assert sorted(e["result"] for e in entries) == sorted(["hotpatched", second]), entries
     results = sorted(p["result"] for e in entries for p in e["processes"])
     assert results == ["already_patched", "patched"], entries
 
