@@ -13,6 +13,8 @@ import shutil
 import signal
 import struct
 import subprocess
+import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backen
     WineProcess,
 )
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError, CallLeftRunning
+from tests.fixtures.wine import ensure_wineserver, wine_prefix
 from tests.support.procmem import sample
+from tests.support.wine_crashes import exit_problem
 
 pytestmark = [pytest.mark.wine]
 
@@ -141,10 +145,7 @@ def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def prefix() -> Path:
-    if not (PREFIX / "system.reg").is_file():
-        PREFIX.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(WINE64), "wineboot", "--init"], env=_env(), check=True, capture_output=True, timeout=300)
-    return PREFIX
+    return wine_prefix(PREFIX)
 
 
 def _env() -> dict[str, str]:
@@ -154,30 +155,51 @@ def _env() -> dict[str, str]:
 
 
 class Target:
-    """One running target process speaking the line protocol."""
+    """One running target process speaking the line protocol; its stderr is kept to judge how it ends."""
 
     def __init__(self, build: Path, threads: int) -> None:
+        ensure_wineserver(PREFIX)  # a server started by the target itself would hold its stderr pipe open
         self.proc = subprocess.Popen(
             [str(WINE64), str(build / EXE_NAME), str(threads)],
             cwd=build,
             env=_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
+        self.killed = False
+        self.stderr: deque[str] = deque(maxlen=200)
+        assert self.proc.stderr is not None
+        self._stderr_reader = threading.Thread(target=self.stderr.extend, args=(self.proc.stderr,), daemon=True)
+        self._stderr_reader.start()
         assert self.proc.stdout is not None
         ready = self.proc.stdout.readline().split()
-        assert ready and ready[0] == "ready", f"target did not start: {ready}"
+        if not (ready and ready[0] == "ready"):
+            self.kill()
+            pytest.fail(f"target did not start: {ready}; stderr: {self.stderr_text()}", pytrace=False)
         self.thrower = int(ready[1], 16)
         self.pid = self.proc.pid
+
+    def stderr_text(self) -> str:
+        self._stderr_reader.join(timeout=2.0)  # a crash's lines come just before the exit; winedbg may hold the pipe
+        return "".join(self.stderr)
 
     def ask(self, line: str) -> str:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         answer = self.proc.stdout.readline().strip()
-        assert answer, f"target died answering {line!r} (exit {self.proc.poll()})"
+        if not answer:
+            code = self._wait_briefly()
+            pytest.fail(f"target died answering {line!r} (exit {code}); stderr: {self.stderr_text()}", pytrace=False)
         return answer
+
+    def _wait_briefly(self) -> int | None:
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stats(self) -> tuple[int, int, int, int]:
         calls, old, new, bad = (int(v) for v in self.ask("stats").split())
@@ -201,15 +223,28 @@ class Target:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        """Send ``quit`` and fail the owning test unless the target exits with 0 (or, after :meth:`kill`, by
+        SIGKILL) and wrote no crash to stderr; the message carries the stderr tail (winedbg's backtrace)."""
+        if self.proc.poll() is None and not self.killed:
             assert self.proc.stdin is not None
             try:
                 self.proc.stdin.write("quit\n")
                 self.proc.stdin.flush()
                 self.proc.wait(timeout=20)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+            except OSError:
+                pass  # its stdin is closed: it is on its way out, judged by its exit below
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"target still ran 20 s after quit: killed; stderr: {self.stderr_text()}", pytrace=False)
+        problem = exit_problem(EXE_NAME, self.proc.wait(timeout=20), 0, self.killed, self.stderr_text())
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)
+
+    def kill(self) -> None:
+        """SIGKILL the target on purpose: :meth:`stop` then accepts that end."""
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait(timeout=20)
 
 
 @pytest.fixture
@@ -687,6 +722,7 @@ def test_a_process_killed_while_quiesced_is_released_without_error(build: Path, 
     handle = WineBackend().open(t.pid)
     try:
         quiesced = handle.quiesce()
+        t.killed = True  # killed on purpose (not through t.kill(), which would wait for the end of a stopped process)
         t.proc.kill()
         assert quiesced.resume() >= 0
         assert t.proc.wait(timeout=20) == -signal.SIGKILL
