@@ -20,6 +20,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "system_dirs": {"type": "list", "elements": "str"},
     "log_path": {"type": "str"},
     "timeout": {"type": "int", "default": 7200},
+    "lock_timeout": {"type": "int", "default": 30},
     "engine_dir": {"type": "str"},
     "python": {"type": "str"},
     "state_dir": {"type": "str"},
@@ -65,12 +66,18 @@ class ActionModule(EngineAction):
             problems.append(f"path must name an .msu or .cab file on the host, got {params['path']!r}")
         if not 1 <= params["timeout"] <= 86400:
             problems.append(f"timeout must be from 1 to 86400 seconds, got {params['timeout']}")
+        if not 0 <= params["lock_timeout"] <= 86400:
+            problems.append(f"lock_timeout must be from 0 to 86400 seconds, got {params['lock_timeout']}")
         if any(not d for d in params.get("system_dirs") or []):
             problems.append("system_dirs must not contain empty paths")
         return problems
 
     def request(self, params: dict[str, Any]) -> dict[str, Any]:
-        request: dict[str, Any] = {"path": params["path"], "timeout_s": params["timeout"]}
+        request: dict[str, Any] = {
+            "path": params["path"],
+            "timeout_s": params["timeout"],
+            "lock_timeout_s": params["lock_timeout"],
+        }
         if params.get("system_dirs"):
             request["system_dirs"] = list(params["system_dirs"])
         if params.get("log_path"):

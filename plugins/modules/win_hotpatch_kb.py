@@ -42,6 +42,13 @@ options:
       - Seconds DISM may take before the engine gives up waiting (1 to 86400).
     type: int
     default: 7200
+  lock_timeout:
+    description:
+      - Seconds the install waits for the host-wide engine lock held by another engine run (an apply, rollback or
+        KB install by another playbook) before failing (exit code 6, naming the holder). From 0 to 86400.
+      - The prediction in check mode takes no lock and never waits.
+    type: int
+    default: 30
 extends_documentation_fragment:
   - rebootless.windows.engine
 attributes:

@@ -1,4 +1,5 @@
 """kb_install takes the host-wide lock of apply/rollback: two real engine processes on one state directory.
+The role's hotpatch_lock_timeout reaches kb_install's request through win_hotpatch_kb (lock_timeout) in a real play.
 
 The KB engine runs in its own process through ``run_kb_file`` (the engine's command-line entry of the KB
 verbs); only what cannot run here is a stand-in: the registry (HKLM) and the OS's tools. The other engine is
@@ -14,6 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.local_play import run_local_playbook
+from tests.support.recording_python import engine_calls, recording_python
 
 ENGINE_ROOT = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
 
@@ -156,3 +160,68 @@ def test_an_engine_run_gives_up_while_a_kb_install_holds_the_lock(tmp_path: Path
     finally:
         code, _unused = _finish(kb)
     assert code == 7  # released after its (refused) facts read
+
+
+# The role's KB phase on a host it takes for Windows (hotpatch__platform), with a host "python" that keeps the
+# engine's request. On this Linux machine the real engine then refuses to install (not Windows, exit 7) - after
+# the request was written, which is what the test reads.
+_ROLE_KB_PLAY = """\
+- hosts: localhost
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: {interpreter}
+    hotpatch__platform: windows
+    hotpatch__marks: []
+    hotpatch__reasons: []
+    hotpatch__changed: false
+    hotpatch_package: unused.hpk
+    hotpatch_kb: 'C:\\\\kb.msu'
+    hotpatch_python: {python}
+    hotpatch_engine_dir: {root}/engine
+    hotpatch_engine_state_dir: {root}/state
+    hotpatch_lock_timeout: 1
+  tasks:
+    - name: KB phase
+      block:
+        - name: Run the phase
+          ansible.builtin.include_role:
+            name: rebootless.windows.hotpatch
+            tasks_from: kb
+      rescue:
+        - name: Say why
+          ansible.builtin.debug:
+            msg: "KB FAILED {{{{ ansible_failed_result.msg }}}}"
+    - name: A lock_timeout out of range
+      rebootless.windows.win_hotpatch_kb:
+        path: 'C:\\\\kb.msu'
+        lock_timeout: -1
+        python: {python}
+      ignore_errors: true
+      register: bad
+    - name: Show
+      ansible.builtin.debug:
+        msg: "BAD {{{{ bad.msg }}}}"
+"""
+
+
+def test_the_role_s_lock_timeout_reaches_kb_install_and_bounds_its_wait_for_another_engine(
+    tmp_path: Path, state_dir: Path, holder: subprocess.Popen[str]
+) -> None:
+    python, log = recording_python(tmp_path / "host")
+    (tmp_path / "engine").mkdir()
+    book = tmp_path / "play.yml"
+    book.write_text(_ROLE_KB_PLAY.format(interpreter=sys.executable, python=python, root=tmp_path))
+    done = run_local_playbook(book, tmp_path)
+    out = done.stdout + done.stderr
+    assert "need a Windows host" in out, out[-4000:]
+    assert "lock_timeout must be from 0 to 86400 seconds, got -1; nothing was sent to the host" in out, out[-4000:]
+    [call] = [c for c in engine_calls(log) if c.verb == "kb_install"]  # the bad one never reached the host
+    assert (call.request["lock_timeout_s"], call.request["state_dir"]) == (1, str(state_dir))
+
+    # The very request the role sent, run by a KB engine while another engine holds the lock: it waits its
+    # second, gives up naming the holder and the timeout, and touches nothing.
+    request = _request(tmp_path, "from-role.json", call.request)
+    code, result = _finish(_kb_engine(request, "refuse"))
+    assert (code, result["error"]["kind"], result["changed"]) == (6, "lock", False)
+    assert "for more than 1 s" in result["error"]["message"] and f"(pid {holder.pid})" in result["error"]["message"]
+    assert result["touched"] == []

@@ -72,6 +72,7 @@ def test_install_sends_kb_install_with_the_request_in_protocol_terms(
     assert call["request"] == {
         "path": KB,
         "timeout_s": 7200,
+        "lock_timeout_s": 30,
         "log_path": "C:\\Windows\\Logs\\kb.log",
         "system_dirs": ["D:\\sys"],
     }
