@@ -223,8 +223,15 @@ class Target:
         return found
 
     def stop(self) -> None:
-        """Send ``quit`` and fail the owning test unless the target exits with 0 (or, after :meth:`kill`, by
-        SIGKILL) and wrote no crash to stderr; the message carries the stderr tail (winedbg's backtrace)."""
+        """Send ``quit`` and fail the owning test unless the target ends cleanly (see :meth:`end`)."""
+        problem = self.end()
+        if problem is not None:
+            pytest.fail(problem, pytrace=False)
+
+    def end(self) -> str | None:
+        """Send ``quit`` (unless it exited or was killed) and say why its end was not clean: a crash on stderr,
+        an exit code other than 0, SIGKILL when the test did not kill it, or still running 20 s after ``quit``
+        (then it is killed). None when clean. The reason carries the stderr tail (winedbg's backtrace)."""
         if self.proc.poll() is None and not self.killed:
             assert self.proc.stdin is not None
             try:
@@ -235,10 +242,8 @@ class Target:
                 pass  # its stdin is closed: it is on its way out, judged by its exit below
             except subprocess.TimeoutExpired:
                 self.kill()
-                pytest.fail(f"target still ran 20 s after quit: killed; stderr: {self.stderr_text()}", pytrace=False)
-        problem = exit_problem(EXE_NAME, self.proc.wait(timeout=20), 0, self.killed, self.stderr_text())
-        if problem is not None:
-            pytest.fail(problem, pytrace=False)
+                return f"target still ran 20 s after quit: killed; stderr: {self.stderr_text()}"
+        return exit_problem(EXE_NAME, self.proc.wait(timeout=20), 0, self.killed, self.stderr_text())
 
     def kill(self) -> None:
         """SIGKILL the target on purpose: :meth:`stop` then accepts that end."""
@@ -736,3 +741,28 @@ def test_a_process_killed_while_quiesced_is_released_without_error(build: Path, 
 def test_stop_all_on_a_missing_pid_is_a_backend_error() -> None:
     with pytest.raises(BackendError, match="gone"):
         _stop.stop_all(2**22 + 12345)
+
+
+@pytest.mark.winedbg_expected
+def test_a_target_that_crashes_is_reported_with_wines_crash_lines_not_taken_for_a_clean_exit(
+    build: Path, prefix: Path
+) -> None:
+    """The check every target's teardown relies on: an int3 written where the workers enter compute ends the
+    program through Wine's unhandled-exception path (winedbg --auto), which its end must name."""
+    t = Target(build, 1)
+    try:
+        with WineBackend().open(t.pid) as handle:
+            entry = handle._export("hp.dll", "compute")
+            quiesced = handle.quiesce()
+            try:
+                handle.write(entry, b"\xcc")
+            finally:
+                quiesced.resume()
+        t.proc.wait(timeout=60)  # a `quit` now could end the process before Wine's crash path has run
+        problem = t.end()
+    finally:
+        t.killed = True  # whatever happened above, the teardown below must not fail on this end
+        if t.proc.poll() is None:
+            t.kill()
+    assert problem is not None and "crashed" in problem, problem
+    assert "Unhandled exception 0x80000003" in problem, problem

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-__all__ = ["WinedbgProcess", "crash_lines", "exit_problem", "winedbg_processes"]
+__all__ = ["WinedbgProcess", "boot_clock", "crash_lines", "exit_problem", "winedbg_processes"]
 
 # Lines Wine or winedbg write when a program dies of an exception (any WINEDEBUG setting prints them).
 _CRASH = re.compile(
@@ -63,7 +64,7 @@ class WinedbgProcess:
     """One ``winedbg`` process seen in /proc: ``key`` (PID, start time in clock ticks) identifies it across PID
     reuse; ``prefix`` is its WINEPREFIX ("" when unreadable, e.g. it has exited and is a zombie nobody reaps);
     ``cmdline`` its arguments (``winedbg --auto <windows pid> <event>`` when Wine started it for a crash);
-    ``started`` its start time, seconds since the epoch."""
+    ``started`` its start time in seconds on CLOCK_BOOTTIME (compare with :func:`boot_clock`)."""
 
     key: tuple[int, int]
     prefix: str
@@ -74,6 +75,14 @@ class WinedbgProcess:
     def describe(self) -> str:
         state = "exited (zombie)" if self.zombie else "running"
         return f"winedbg PID {self.key[0]} {state}, prefix {self.prefix or 'unknown'}: {self.cmdline or '(no cmdline)'}"
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def boot_clock() -> float:
+    """Seconds since boot, the clock of /proc/PID/stat start times (psutil's epoch times drift from it)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def winedbg_processes() -> dict[tuple[int, int], WinedbgProcess]:
@@ -88,7 +97,6 @@ def winedbg_processes() -> dict[tuple[int, int], WinedbgProcess]:
                 continue
             stat = Path(f"/proc/{entry.name}/stat").read_text()
             proc = psutil.Process(int(entry.name))
-            started = proc.create_time()
         except (OSError, psutil.Error):
             continue  # gone since the listing
         fields = stat[stat.rindex(")") + 2 :].split()
@@ -99,5 +107,5 @@ def winedbg_processes() -> dict[tuple[int, int], WinedbgProcess]:
         except psutil.Error:
             prefix, cmdline = "", ""
         key = (int(entry.name), int(fields[19]))  # field 22 of stat: start time in clock ticks since boot
-        found[key] = WinedbgProcess(key, prefix, cmdline, started, zombie)
+        found[key] = WinedbgProcess(key, prefix, cmdline, key[1] / _TICKS, zombie)
     return found

@@ -9,7 +9,6 @@ purpose says so with ``@pytest.mark.winedbg_expected``: its winedbg is listed, n
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from tests.fixtures.pe import FixturePair, build_all
 from tests.fixtures.wine import wine_prefix
-from tests.support.wine_crashes import WinedbgProcess, winedbg_processes
+from tests.support.wine_crashes import WinedbgProcess, boot_clock, winedbg_processes
 
 REPO = Path(__file__).resolve().parents[2]
 _MARKER = "winedbg_expected"
@@ -87,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _no_winedbg(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test (at teardown) when a winedbg appeared in a test prefix while it ran."""
-    began = time.time()
+    began = boot_clock()
     yield
     watch = request.config.stash[_WATCH_KEY]
     fresh = watch.new()
