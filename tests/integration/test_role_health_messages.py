@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -94,22 +95,37 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _messages(stdout: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
+@dataclass(frozen=True)
+class FailedRun:
+    """What the play printed: the post-health and pre-health failure messages, the health record, the output."""
+
+    post: str
+    pre: str
+    health: list[dict[str, Any]]
+    output: str
+    web_port: int
+    closed_port: int
+
+    def post_reasons(self) -> list[str]:
+        """One "NAME: DETAIL" per failed post-health check, in check order."""
+        assert self.post.startswith("post-health failed: "), self.post
+        return self.post[len("post-health failed: ") :].split("; ")
+
+
+def _messages(stdout: str) -> dict[str, str]:
+    found: dict[str, str] = {}
     for line in stdout.splitlines():
         if not line.strip().startswith('"msg": "'):
             continue
-        message = json.loads("{" + line.strip().rstrip(",") + "}")["msg"]
+        message = str(json.loads("{" + line.strip().rstrip(",") + "}")["msg"])
         for tag in ("POST", "PRE", "HEALTH"):
             if message.startswith(tag + " "):
                 found[tag] = message[len(tag) + 1 :]
-    if "HEALTH" in found:
-        found["HEALTH"] = json.loads(found["HEALTH"])
     return found
 
 
 @pytest.fixture(scope="module")
-def failed_run(web: int, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, dict[str, int]]:
+def failed_run(web: int, tmp_path_factory: pytest.TempPathFactory) -> FailedRun:
     """One play: a failing check of every type after the patch, one failing check before it."""
     tmp_path = tmp_path_factory.mktemp("health-messages")
     log = tmp_path / "appsvc.log"
@@ -131,69 +147,64 @@ def failed_run(web: int, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict
     book.write_text(PLAYBOOK.format(interpreter=sys.executable, pre=json.dumps(pre), post=json.dumps(post)))
     done = run_local_playbook(book, tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    return _messages(done.stdout), done.stdout + done.stderr, {"web": web, "closed": closed}
+    found = _messages(done.stdout)
+    assert {"POST", "PRE", "HEALTH"} <= set(found), done.stdout[-4000:]
+    return FailedRun(found["POST"], found["PRE"], json.loads(found["HEALTH"]), done.stdout + done.stderr, web, closed)
 
 
-def _post_reasons(run: tuple[dict[str, Any], str, dict[str, int]]) -> list[str]:
-    text = run[0]["POST"]
-    assert text.startswith("post-health failed: ")
-    return text[len("post-health failed: ") :].split("; ")
-
-
-def test_a_failed_command_check_names_the_program_its_exit_code_and_the_expected_one(failed_run: Any) -> None:
-    reasons = _post_reasons(failed_run)
+def test_a_failed_command_check_names_the_program_its_exit_code_and_the_expected_one(failed_run: FailedRun) -> None:
+    reasons = failed_run.post_reasons()
     assert f"self-test: {sys.executable} exited 3, expected 0" in reasons
     assert "lint: true exited 0, expected 1" in reasons
 
 
-def test_a_command_that_cannot_start_says_so_instead_of_an_exit_code(failed_run: Any) -> None:
-    [reason] = [r for r in _post_reasons(failed_run) if "no-such-tool" in r.split(": ", 1)[1]]
+def test_a_command_that_cannot_start_says_so_instead_of_an_exit_code(failed_run: FailedRun) -> None:
+    [reason] = [r for r in failed_run.post_reasons() if "no-such-tool" in r.split(": ", 1)[1]]
     assert reason.endswith(
         "no-such-tool could not be started (no such file): check that it exists on the host and is executable"
     )
 
 
-def test_a_failed_http_check_names_the_url_and_the_status_without_its_credentials(failed_run: Any) -> None:
-    messages, out, ports = failed_run
-    reasons = _post_reasons(failed_run)
-    url = f"http://127.0.0.1:{ports['web']}"
+def test_a_failed_http_check_names_the_url_and_the_status_without_its_credentials(failed_run: FailedRun) -> None:
+    reasons = failed_run.post_reasons()
+    url = f"http://127.0.0.1:{failed_run.web_port}"
     assert f"http:{url}/down: GET {url}/down: HTTP 503, expected 200" in reasons
     assert f'health page: GET {url}/health: HTTP 200, but the body does not match /"status":\\s*"ok"/' in reasons
-    closed = f"http://127.0.0.1:{ports['closed']}/health"
+    closed = f"http://127.0.0.1:{failed_run.closed_port}/health"
     assert f"nothing there: GET {closed}: no answer ([Errno 111] Connection refused), expected HTTP 200" in reasons
-    assert "s3cret" not in out and "t0ken" not in out and "admin" not in json.dumps(messages)
+    assert "s3cret" not in failed_run.output and "t0ken" not in failed_run.output
+    assert "admin" not in failed_run.post + json.dumps(failed_run.health)
 
 
-def test_a_failed_tcp_check_names_the_address_and_how_long_it_waited(failed_run: Any) -> None:
-    closed = failed_run[2]["closed"]
-    assert f"tcp:{closed}: 127.0.0.1:{closed}: no connection accepted within 1 s (1 attempt(s))" in _post_reasons(
-        failed_run
-    )
+def test_a_failed_tcp_check_names_the_address_and_how_long_it_waited(failed_run: FailedRun) -> None:
+    closed = failed_run.closed_port
+    expected = f"tcp:{closed}: 127.0.0.1:{closed}: no connection accepted within 1 s (1 attempt(s))"
+    assert expected in failed_run.post_reasons()
 
 
-def test_a_failed_eventlog_check_names_the_file_the_pattern_and_the_count_never_the_lines(failed_run: Any) -> None:
-    messages = failed_run[0]
-    reasons = _post_reasons(failed_run)
+def test_a_failed_eventlog_check_names_the_file_the_pattern_and_the_count_never_the_lines(
+    failed_run: FailedRun,
+) -> None:
+    reasons = failed_run.post_reasons()
     log = [r for r in reasons if r.startswith("service log: ")]
     assert log and log[0].startswith("service log: 2 new line(s) matching /(?i)error|fault|exception/ in ")
     assert log[0].endswith("appsvc.log since byte 0")
-    assert "fault in appcore.dll" not in messages["POST"]
+    assert "fault in appcore.dll" not in failed_run.post
     bad = [r for r in reasons if r.startswith("bad pattern: ")]
     assert bad and bad[0].startswith("bad pattern: pattern /fault(/ is not a valid regular expression (")
     assert bad[0].endswith("): fix the check's pattern")
 
 
-def test_every_failed_check_is_in_the_message_and_in_the_record_with_the_same_detail(failed_run: Any) -> None:
-    messages = failed_run[0]
-    post = [c for c in messages["HEALTH"] if c["phase"] == "post"]
+def test_every_failed_check_is_in_the_message_and_in_the_record_with_the_same_detail(failed_run: FailedRun) -> None:
+    post = [c for c in failed_run.health if c["phase"] == "post"]
     assert len(post) == 9 and not any(c["ok"] for c in post)
-    assert _post_reasons(failed_run) == [f"{c['name']}: {c['detail']}" for c in post]
+    assert failed_run.post_reasons() == [f"{c['name']}: {c['detail']}" for c in post]
     assert not any("Ansible" in c["detail"] or "Unknown error" in c["detail"] for c in post)
 
 
-def test_a_failed_pre_health_check_says_what_it_saw_and_that_the_host_was_not_touched(failed_run: Any) -> None:
-    closed = failed_run[2]["closed"]
-    assert failed_run[0]["PRE"] == (
+def test_a_failed_pre_health_check_says_what_it_saw_and_that_the_host_was_not_touched(failed_run: FailedRun) -> None:
+    closed = failed_run.closed_port
+    assert failed_run.pre == (
         f"pre-health failed: port open: 127.0.0.1:{closed}: no connection accepted within 1 s (1 attempt(s)). "
         "The host was not touched; fix it or drop the check from hotpatch_health_checks, then run again"
     )
