@@ -408,7 +408,12 @@ def test_stacks_hold_return_addresses_including_windows_side_of_blocked_threads(
     target: Target, handle: WineProcess
 ) -> None:
     exe_base, exe_size = _module(handle, EXE_NAME.lower())
-    # The premise: the main thread sleeps in fgets. On a loaded machine it may still be on its way there.
+    # The premises: every worker runs its loop (on a loaded machine one may not have run yet: a thread caught at
+    # its birth has no return address on its stack), and the main thread sleeps in fgets (or is on its way).
+    counts = handle._export(EXE_NAME, "counts")
+    for worker in range(4):
+        while handle.read(counts + 64 * worker, 8) == bytes(8):  # Counts is 64 bytes, calls comes first
+            os.sched_yield()
     for _attempt in range(1_000_000):
         if _state(target.pid, target.pid) == "S":
             break
@@ -423,9 +428,8 @@ def test_stacks_hold_return_addresses_including_windows_side_of_blocked_threads(
     main = next(t for t in threads if t.tid == target.pid)
     assert not exe_base <= main.rip < exe_base + exe_size
     assert any(exe_base <= a < exe_base + exe_size for a in main.stack)
-    # Every thread's stack yields return addresses, except perhaps the one brief thread the churner (started by an
-    # earlier test on this module-scoped target) has alive at a time: caught at its birth, its stack holds none yet.
-    assert sum(1 for t in threads if not t.stack) <= 1, [(t.tid, len(t.stack)) for t in threads]
+    # Every thread's stack yields return addresses (this target is the test's own: no churner runs).
+    assert all(t.stack for t in threads), [(t.tid, len(t.stack)) for t in threads]
 
 
 def test_group_stopped_process_stays_stopped_after_quiesce(target: Target, handle: WineProcess) -> None:
@@ -528,10 +532,28 @@ def test_jump_through_padding_switches_results_and_busy_threads_see_only_old_or_
         handle.write(entry, original[5:])
         quiesced.resume()
         assert target.ask("call 5") == "11"
-    handle.write(entry - 5, original)
+    # A worker the last quiesce stopped on the long jump (about 1 run in 4) still has to execute it: clearing the
+    # padding before it has (a loaded machine may not run it for a while) would make it execute int3 (0x80000003),
+    # and freeing the blob under a worker still in it would fault. So both wait for a quiesce that finds none there.
+    _write_when_clear(handle, entry - 5, original[:5], [(entry - 5, entry), (blob, blob + len(NEW_COMPUTE))])
     _calls, old, new, bad = target.wait_calls(0)
     assert bad == 0 and old > 0 and new > 0
     handle.free(blob, len(NEW_COMPUTE))
+
+
+def _write_when_clear(handle: WineProcess, address: int, data: bytes, ranges: list[tuple[int, int]]) -> None:
+    """Write ``data`` at ``address`` under a quiesce in which no thread's instruction pointer lies in any of the
+    ``ranges`` ([start, end) addresses); quiesce again until one does (a stopped thread there moves on once resumed)."""
+    for _attempt in range(10_000):
+        quiesced = handle.quiesce()
+        try:
+            if not any(start <= t.rip < end for t in quiesced.threads for start, end in ranges):
+                handle.write(address, data)
+                return
+        finally:
+            quiesced.resume()
+        os.sched_yield()
+    raise AssertionError(f"a thread stayed in {[(hex(a), hex(b)) for a, b in ranges]} through 10000 quiesces")
 
 
 def test_no_free_gap_is_a_backend_error_that_allocates_nothing(target: Target, handle: WineProcess) -> None:
