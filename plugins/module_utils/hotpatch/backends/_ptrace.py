@@ -91,9 +91,17 @@ def _check(result: int, what: str, tid: int) -> int:
     return result
 
 
+_PTRACE = _libc.ptrace
+
+
 def _ptrace(request: int, tid: int, addr: int, data: Optional[object], what: str) -> int:
-    ctypes.set_errno(0)
-    return _check(_libc.ptrace(request, tid, addr, data), what, tid)
+    # errno is read only after a -1 return, which every request used here sets errno for (PTRACE_PEEK* would
+    # need errno cleared first, and is never used): one ctypes call less on the pause's path.
+    result: int = _PTRACE(request, tid, addr, data)
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}({tid}): {os.strerror(err)}")
+    return result
 
 
 def seize(tid: int) -> None:
@@ -213,21 +221,14 @@ def task_state(tid: int) -> str:
 
 
 def _report(tid: int, options: int) -> Optional[WaitResult]:
-    """One waitpid(tid) call; None when nothing is reported yet (WNOHANG)."""
-    status = ctypes.c_int(0)
-    while True:
-        ctypes.set_errno(0)
-        got = _libc.waitpid(tid, ctypes.byref(status), WALL | options)
-        if got != -1:
-            break
-        err = ctypes.get_errno()
-        if err == errno.ECHILD:  # already reaped or never ours: the task is gone
-            return WaitResult(False, 0, 0, True)
-        if err != errno.EINTR:
-            raise OSError(err, f"waitpid({tid}): {os.strerror(err)}")
+    """One waitpid(tid) call; None when nothing is reported yet (WNOHANG). os.waitpid passes __WALL through
+    (tracees that are threads, not children) and retries EINTR itself."""
+    try:
+        got, value = os.waitpid(tid, WALL | options)
+    except ChildProcessError:  # ECHILD: already reaped or never ours: the task is gone
+        return WaitResult(False, 0, 0, True)
     if got != tid:
         return None
-    value = status.value
     if os.WIFSTOPPED(value):
         return WaitResult(True, os.WSTOPSIG(value), (value >> 16) & 0xFF, False)
     return WaitResult(False, 0, 0, True)
