@@ -61,10 +61,15 @@ def quiesce_clear(
 
 
 def _conflict(threads: Sequence[ThreadState], writes: Sequence[Range], guarded: Sequence[Range]) -> Optional[str]:
+    # Runs inside the pause: a thread whose IP is outside the span of all write ranges skips their loop (nearly
+    # every thread; 16 threads x 20 ranges cost ~15 us otherwise).
+    low = min((start for start, _end, _what in writes), default=0)
+    high = max((end for _start, end, _what in writes), default=0)
     for thread in threads:
-        for start, end, what in writes:
-            if start <= thread.rip < end:
-                return f"thread {thread.tid} was executing at 0x{thread.rip:x} inside {what}"
+        if low <= thread.rip < high:
+            for start, end, what in writes:
+                if start <= thread.rip < end:
+                    return f"thread {thread.tid} was executing at 0x{thread.rip:x} inside {what}"
         for start, end, what in guarded:
             if start <= thread.rip < end:
                 return f"thread {thread.tid} was executing at 0x{thread.rip:x} inside {what}"
