@@ -26,6 +26,7 @@ from tests.fixtures.pe import FixturePair
 from tests.fixtures.pe.cases import CASES
 from tests.fixtures.pe.toolchains import TOOLCHAINS
 from tests.fixtures.wine import WineProcess
+from tests.support.fault_moments import moment_exists
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
 
@@ -206,6 +207,8 @@ def test_killing_the_engine_at_each_step_keeps_the_process_running_and_the_next_
     spinning: Any, tmp_path: Path, step: str
 ) -> None:
     pair, package, proc = spinning
+    if not moment_exists(step, package):
+        pytest.skip(f"no {step} moment with this package: each function is switched in one write")
     engine = Engine(package, tmp_path / "state")
     pids = {"pids": [proc.linux_pid]}
     if step.startswith("apply_"):

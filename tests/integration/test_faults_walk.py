@@ -38,6 +38,7 @@ from ansible_collections.rebootless.windows.plugins.plugin_utils._builder.build 
 from tests.fixtures.pe import FixturePair
 from tests.fixtures.wine import WineError, WineProcess
 from tests.support.engine_cli import EngineCli, journal_records
+from tests.support.fault_moments import moment_exists
 from tests.support.procmem import exec_anon_regions, sample
 
 pytestmark = [pytest.mark.wine, pytest.mark.integration]
@@ -144,6 +145,8 @@ def verify_codes(engine: EngineCli, pids: list[int]) -> dict[int, str]:
 def test_a_kill_at_each_process_step_loses_nothing_and_any_next_run_settles_both_processes(
     pair: FixturePair, package: Path, busy: list[Busy], tmp_path: Path, step: str
 ) -> None:
+    if not moment_exists(step, package):
+        pytest.skip(f"no {step} moment with this package: each function is switched in one write")
     engine = EngineCli(package, tmp_path / "state")
     pids = [b.pid for b in busy]
     verb = verb_of(step)
@@ -202,8 +205,8 @@ def test_a_recovery_killed_in_turn_is_finished_by_the_next_run(
     engine = EngineCli(package, tmp_path / "state")
     target = busy[0]
     pids = {"pids": [target.pid]}
-    assert engine("apply", fault="apply_after_padding", processes=pids)[0] == 99  # long jump written, entry not
-    assert engine("recover", fault=second)[0] == 99  # the recovery restores the entry, then dies freeing the blob
+    assert engine("apply", fault="apply_after_entry", processes=pids)[0] == 99  # one function switched
+    assert engine("recover", fault=second)[0] == 99  # the recovery restores it, then dies freeing the blob
     wait_counting(target.proc, target.proc.stats().calls)
     assert_only_old_or_new(target.proc, pair)
     assert open_process_states(tmp_path / "state"), "the interrupted recovery's record is gone"

@@ -199,7 +199,7 @@ class FakeHandle:
             proc.code_writes += 1
             if proc.fail.code_write_number is not None and proc.code_writes == proc.fail.code_write_number:
                 raise BackendError(f"injected: write to 0x{address:x} failed")
-            proc.log.append(f"write code 0x{address:x}")
+            proc.log.append(f"write code {len(data)} 0x{address:x}")
         elif region.prot != "rw":
             raise StrictViolation(f"write to {region.prot} blob page 0x{address:x}")
         region.data[address - region.start : address - region.start + len(data)] = data

@@ -32,11 +32,19 @@ PADDING = b"\xcc" * 8
 ENTRY = bytes.fromhex("48895c2408")  # mov [rsp+8], rbx: 5 bytes, so the short jump never splits it
 BLOB_SLOT = 0x20
 FN_CODE = 18  # lea rax,[rip+rel32] (7) + mov rax, imm64 (10) + ret (1)
+# Filler before fn0 so that fn0's entry starts a page: its long jump ends one page and its short jump begins the
+# next (two writes), while fn1 and up keep both jumps in one page (one write); see host/jumpwrites.py.
+LEAD = 0x1000 - len(PADDING)
+
+
+def entry_rva(index: int) -> int:
+    """RVA of fn<index>'s entry in the fake module."""
+    return TEXT_RVA + LEAD + index * SLOT + len(PADDING)
 
 
 def image_bytes(functions: int, stamp: int) -> bytes:
     """Headers + .text of a fake x64 DLL with ``functions`` hotpatchable functions (CC padding, 5-byte entry)."""
-    text = bytearray()
+    text = bytearray(b"\xcc" * LEAD)
     for _unused in range(functions):
         text += PADDING + ENTRY + b"\xc3" + b"\xcc" * (SLOT - len(PADDING) - len(ENTRY) - 1)
     size = TEXT_RVA + max(0x1000, -(-len(text) // 0x1000) * 0x1000)
@@ -84,11 +92,9 @@ def build(tmp: Path, functions: int = 3, cfg: bool = False, name: str = "fix.hpk
         blob += code + b"\xcc" * (BLOB_SLOT - len(code))
         relocs.append(Relocation(offset + 3, "rel32", "base", TEXT_RVA, -4, "data"))
         relocs.append(Relocation(offset + 9, "abs64", "blob", offset, 0, f"fn{i}"))
-        entry_rva = TEXT_RVA + i * SLOT + len(PADDING)
+        entry = entry_rva(i)
         patched.append(
-            PatchedFunction(
-                f"fn{i}", entry_rva, SLOT - len(PADDING), ENTRY, entry_rva - len(PADDING), PADDING, offset, FN_CODE
-            )
+            PatchedFunction(f"fn{i}", entry, SLOT - len(PADDING), ENTRY, entry - len(PADDING), PADDING, offset, FN_CODE)
         )
     table = len(blob)
     unwind_info = table + 12 * functions

@@ -24,7 +24,7 @@ STEPS: Tuple[str, ...] = (
     "apply_after_blob",  # relocated blob written and made RX
     "apply_after_unwind",  # unwind table registered in the target
     "apply_after_quiesce",  # journal says switching (written before quiescing), every thread stopped
-    "apply_after_padding",  # first function: long jump written into its padding
+    "apply_after_padding",  # a long jump written, its short jump not (only when they straddle a page: jumpwrites)
     "apply_after_entry",  # first function: short jump written at its entry (others may still be pending)
     "apply_after_switch",  # every jump written, threads still stopped
     "apply_after_resume",  # threads resumed, journal not yet completed

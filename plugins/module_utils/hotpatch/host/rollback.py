@@ -11,6 +11,7 @@ from .blob import free_when_idle
 from .discovery import Target
 from .faults import fault_point
 from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
+from .jumpwrites import restore_writes
 from .quiesce import Range, quiesce_clear
 from .result import ProcessResult
 from .transaction import Options
@@ -58,7 +59,8 @@ def write_states(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List[
 
 
 def restore_originals(handle: ProcessHandle, writes: Sequence[JournalWrite], fault: bool = False) -> None:
-    """Write back every original in reverse order (entries before paddings); threads must be stopped.
+    """Write back every original, the last function first (a function's entry and padding in one write when
+    they share a page, else the entry first; see jumpwrites); threads must be stopped.
 
     On a failed write, the writes already undone are redone so the process stays on the new code, then the
     BackendError propagates.
@@ -67,19 +69,19 @@ def restore_originals(handle: ProcessHandle, writes: Sequence[JournalWrite], fau
     first_entry = True
     try:
         currents = current_bytes(handle, writes)
-        for write, current in zip(reversed(writes), reversed(currents)):
-            if current != write.original:
-                handle.write(write.address, bytes.fromhex(write.original))
-                undone.append(write)
-            if fault and write.part == "entry" and first_entry:
+        pending = restore_writes([w for w, current in zip(writes, currents) if current != w.original])
+        for write in pending:
+            handle.write(write.address, write.data)
+            undone.extend(write.parts)
+            if fault and write.has_entry and first_entry:
                 first_entry = False
                 fault_point("rollback_after_entry")
-        for write in writes:
-            handle.flush_instruction_cache(write.address, len(write.original) // 2)
+        for write in pending:
+            handle.flush_instruction_cache(write.address, len(write.data))
     except EngineError as exc:
-        for write in reversed(undone):
+        for part in reversed(undone):
             with contextlib.suppress(EngineError):  # the same address accepted a write a moment ago
-                handle.write(write.address, bytes.fromhex(write.new))
+                handle.write(part.address, bytes.fromhex(part.new))
         raise BackendError(f"rollback write failed and was undone: {exc}") from exc
 
 

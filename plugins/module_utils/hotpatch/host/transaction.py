@@ -19,6 +19,7 @@ from .codestate import FileHashes, check_image, code_of, describe_other, read_fu
 from .discovery import Target
 from .faults import fault_point
 from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
+from .jumpwrites import ProcessWrite, switch_writes
 from .quiesce import Range, quiesce_clear
 from .relocate import jump_bytes, relocate
 from .result import ProcessResult
@@ -84,7 +85,7 @@ class PatchTransaction:
         )
         self.record: Optional[ProcessRecord] = None
         self._table_registered = False
-        self._jumps: List[bytes] = []  # the bytes of each journaled write, decoded before the pause
+        self._switch: List[ProcessWrite] = []  # the switch's process writes, planned before the pause
 
     # -- the pipeline ------------------------------------------------------------------------------------------
 
@@ -241,7 +242,7 @@ class PatchTransaction:
             entry_original = function.entry[:SHORT_JUMP_SIZE]
             entries.append(JournalWrite(function.name, "entry", entry_at, entry_original.hex(), short_jump.hex()))
         self.record.writes = padding + entries
-        self._jumps = [bytes.fromhex(write.new) for write in self.record.writes]
+        self._switch = switch_writes(self.record.writes)
         self.journal.touch(self.record, "switching")
         try:
             self.journal.save(self.file)
@@ -250,25 +251,25 @@ class PatchTransaction:
             raise JournalError(f"cannot write the journal in {self.journal.dir}: {exc.strerror}") from exc
 
     def switch(self, quiesced: Quiesced) -> None:
-        """Write every long jump into its padding, then every short jump over its entry, then flush. Threads
-        are stopped; on any failure every byte written so far is restored before resuming."""
-        if self.record is None:  # narrows the type; a bug if it ever holds
-            raise AssertionError("self.record must be set here")
-        handle, base = self.target.handle, self.target.module.base
-        writes = self.record.writes
-        first_padding, first_entry = writes[0], writes[len(writes) // 2]
+        """Put every function's long jump into its padding and its short jump over its entry (one write when
+        both lie in one page, else padding first; see jumpwrites), then flush. Threads are stopped; on any
+        failure every byte written so far is restored before resuming."""
+        handle = self.target.handle
         fault_point("apply_after_quiesce")
         written: List[JournalWrite] = []
+        entry_seen = padding_seen = False
         try:
-            for write, jump in zip(writes, self._jumps):
-                handle.write(write.address, jump)
-                written.append(write)
-                if write is first_padding:
+            for write in self._switch:
+                handle.write(write.address, write.data)
+                written.extend(write.parts)
+                if not write.has_entry and not padding_seen:
+                    padding_seen = True
                     fault_point("apply_after_padding")
-                elif write is first_entry:
+                elif write.has_entry and not entry_seen:
+                    entry_seen = True
                     fault_point("apply_after_entry")
-            for function in self.manifest.functions:
-                handle.flush_instruction_cache(base + function.padding_rva, len(function.padding) + SHORT_JUMP_SIZE)
+            for write in self._switch:
+                handle.flush_instruction_cache(write.address, len(write.data))
         except EngineError as exc:
             reason = self._undo_writes(written)
             self.result.pause_us = quiesced.resume()
