@@ -42,6 +42,7 @@ RED_ZONE = 128
 CALL_TIMEOUT_NS = 2_000_000_000
 SLOW_FACTOR = 5  # a call still running at its timeout gets this many timeouts more with the other threads running
 SYSCALL_TIMEOUT_NS = 2_000_000_000
+_ABORT_WAIT_NS = 1_000_000_000  # how long an aborted or let-go task may take to reach its ptrace stop
 
 Write = Callable[[int, bytes], None]
 
@@ -126,7 +127,14 @@ class _Operation:
             if result is None:
                 if not interrupt:
                     raise _Slow()  # the task is still running its call
-                self._interrupt()
+                if not self._interrupt():
+                    self._abandon()
+                    raise CallLeftRunning(
+                        f"{self.what} on thread {self.tid} of process {self.sp.pid} timed out and the thread did not "
+                        f"stop within {_ABORT_WAIT_NS // 1_000_000} ms (uninterruptible sleep?): it was left to "
+                        "finish the operation alone; it puts its registers and mask back itself (and, for a call, "
+                        "its TEB's syscall-frame pointer; its call page stays mapped)"
+                    )
                 raise BackendError(
                     f"{self.what} on thread {self.tid} of process {self.sp.pid} timed out; registers were restored"
                 )
@@ -161,6 +169,7 @@ class _Operation:
         while True:
             result = _ptrace.wait_stop(self.tid, deadline)
             if result is None:
+                self._abandon()  # it runs on with its registers put back; detached once it stops
                 raise BackendError(f"thread {self.tid} of process {self.sp.pid} did not stop after {self.what}")
             if result.gone:
                 raise BackendError(f"process {self.sp.pid} exited after {self.what}")
@@ -187,17 +196,28 @@ class _Operation:
     def leave_running(self) -> None:
         """Detach the task in the middle of its call and let it finish alone: its stub puts the TEB pointer,
         its registers and its mask back through the rt_sigreturn frame (the self-restoring path)."""
-        self._interrupt()
-        self.sp.let_go(self.tid)  # touched: no held signal to re-deliver
+        if self._interrupt():
+            self.sp.let_go(self.tid)  # touched: no held signal to re-deliver
+        else:
+            self._abandon()
         self.restored = True  # nothing for restore() to do: the thread restores itself
 
-    def _interrupt(self) -> None:
-        """Bring a task we let run back to a ptrace stop (after a timeout) so its registers can be restored."""
+    def _interrupt(self) -> bool:
+        """Bring a task we let run back to a ptrace stop (after a timeout) so its registers can be restored;
+        False when it does not stop within _ABORT_WAIT_NS (e.g. in uninterruptible sleep: it is still running)."""
         try:
             _ptrace.interrupt(self.tid)
         except OSError:
-            return
-        _ptrace.wait_stop(self.tid, time.monotonic_ns() + 1_000_000_000)
+            return True  # gone: nothing runs any more
+        return _ptrace.wait_stop(self.tid, time.monotonic_ns() + _ABORT_WAIT_NS) is not None
+
+    def _abandon(self) -> None:
+        """Leave a task that runs on and cannot be stopped now to finish alone: nothing of it is touched any more
+        (its registers, the TEB pointer, the call page). It is no longer a stopped task of ``sp``, so neither
+        _pick_task nor let_go use it, and ``release`` treats it as seized but never stopped: it detaches it at
+        its next stop (or leaves that to the next stop_all of this thread)."""
+        self.sp.tasks.pop(self.tid, None)
+        self.restored = True
 
 
 def _signal_name(number: int) -> str:

@@ -8,23 +8,35 @@ frame, as Wine's own user-mode callbacks do). The offsets differ between Wine ve
 the instructions of ``__wine_syscall_dispatcher`` in the target (Wine 8: ``mov %gs:0x328,%rcx`` before the
 symbol ``__wine_syscall_dispatcher_prolog_end``, ``mov %rsp,0x88(%rcx)`` after it). When the pattern is not
 found the layout is unknown and callers fall back to what needs no frame.
+
+A remote call may only borrow a thread parked in a wait, and a blocked ``read`` is a wait only on the thread's
+*wait pipe* (the wineserver wakes it there), not on its *reply pipe* (the thread is in the middle of a server
+request). Wine keeps both fds in its per-thread data inside the TEB: ``request_fd, reply_fd, wait_fd[0],
+wait_fd[1]`` (Wine 8: TEB + 0x378). ``probe_thread_fds`` finds that quadruple by what the fds are, not by a
+fixed offset: four pipe ends, write / read / read / write, the last two ends of one pipe (the wait pipe's write
+end stays open in the process; the reply pipe's went to the server).
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from ..errors import BackendError
 from ._procfs import Mapping
 
-__all__ = ["WineLayout", "elf_symbol", "probe"]
+__all__ = ["ThreadFds", "WineLayout", "elf_symbol", "probe", "probe_thread_fds"]
 
 _PROLOG_END = b"__wine_syscall_dispatcher_prolog_end"
 _LOAD_FRAME = b"\x65\x48\x8b\x0c\x25"  # mov %gs:disp32, %rcx
 _SAVE_RSP = b"\x48\x89\xa1"  # mov %rsp, disp32(%rcx)
 SHT_DYNSYM = 11
+# Where Wine's per-thread data lives in the TEB (GdiTebBatch, 0x2f0 on x64) and how far the fds may be into it.
+_THREAD_DATA = 0x2F0
+_THREAD_DATA_SPAN = 0x200
+_O_ACCMODE, _O_RDONLY, _O_WRONLY = 3, 0, 1
 
 
 @dataclass(frozen=True)
@@ -84,3 +96,53 @@ def probe(maps: List[Mapping], read: Callable[[int, int], bytes]) -> Optional[Wi
     if not (0 < teb_offset < 0x2000 and 0 < rsp_offset < 0x400):
         return None
     return WineLayout(teb_offset, rsp_offset)
+
+
+@dataclass(frozen=True)
+class ThreadFds:
+    """TEB offsets of a Wine thread's server fds (int32 each): ``reply_fd`` (read end of the reply pipe) and
+    ``wait_fd`` (read end of the wait pipe); ``request_fd`` precedes reply_fd."""
+
+    request_fd: int
+    reply_fd: int
+    wait_fd: int
+
+
+def _pipe_end(pid: int, fd: int) -> Optional[Tuple[str, int]]:
+    """(pipe inode text, access mode) of ``fd`` in process ``pid``, or None when it is not a pipe."""
+    if not 0 <= fd < 1 << 20:
+        return None
+    try:
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        with open(f"/proc/{pid}/fdinfo/{fd}") as handle:
+            flags = next((line.split()[1] for line in handle if line.startswith("flags:")), "")
+    except (OSError, StopIteration):
+        return None
+    if not link.startswith("pipe:") or not flags:
+        return None
+    return link, int(flags, 8) & _O_ACCMODE
+
+
+def probe_thread_fds(pid: int, teb: int, read: Callable[[int, int], bytes]) -> Optional[ThreadFds]:
+    """Find the server fds in the TEB at ``teb`` of a thread of ``pid`` (see the module docstring); None when no
+    unique quadruple matches (an unknown Wine build: callers then treat no blocked read as a wait)."""
+    try:
+        data = read(teb + _THREAD_DATA, _THREAD_DATA_SPAN)
+    except BackendError:
+        return None
+    values = struct.unpack(f"<{len(data) // 4}i", data)
+    found: List[int] = []
+    for index in range(len(values) - 3):
+        request, reply, wait_read, wait_write = values[index : index + 4]
+        if len({request, reply, wait_read, wait_write}) != 4 or min(request, reply, wait_read, wait_write) < 0:
+            continue
+        ends = [_pipe_end(pid, fd) for fd in (request, reply, wait_read, wait_write)]
+        if any(end is None for end in ends):
+            continue
+        modes = [end[1] for end in ends if end is not None]
+        inodes = [end[0] for end in ends if end is not None]
+        if modes == [_O_WRONLY, _O_RDONLY, _O_RDONLY, _O_WRONLY] and inodes[2] == inodes[3] != inodes[1]:
+            found.append(_THREAD_DATA + 4 * index)
+    if len(found) != 1:
+        return None
+    return ThreadFds(found[0], found[0] + 4, found[0] + 8)

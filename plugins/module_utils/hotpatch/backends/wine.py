@@ -23,11 +23,11 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import BackendError, CallLeftRunning
 from . import _procfs
 from ._procfs import Mapping
-from ._ptrace import get_xstate
+from ._ptrace import get_sigmask, get_xstate
 from ._remote import CALL_TIMEOUT_NS, RED_ZONE, SLOW_FACTOR, FrameSwitch, Gadgets, remote_call, remote_syscall
 from ._sigframe import CALL_STUB, CALL_STUB_MARKER, RESTORE_RT, SYSCALL_RET
 from ._stop import StoppedProcess, StoppedTask, stop_all
-from ._winelayout import WineLayout, probe
+from ._winelayout import ThreadFds, WineLayout, probe, probe_thread_fds
 from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
 
 __all__ = ["Allocation", "WineBackend", "WineProcess", "WineQuiesced"]
@@ -54,6 +54,14 @@ FRAME_HEADER = 0xC0  # registers before the XSAVE area of Wine's syscall frame
 NESTED_STACK = 0x40000  # Unix-side stack left below a fresh frame for a nested NT system call
 _DELETED = " (deleted)"  # what /proc/PID/maps appends to a file removed or replaced since it was mapped
 _WINE_PE_DIR = "-windows/"  # Wine's own PE DLLs live in .../wine/x86_64-windows/
+_REASONS_SHOWN = 4  # refused threads named in a _pick_task error
+
+# System calls in which an idle Windows thread waits (see WineProcess._not_waiting).
+SYS_READ, SYS_FUTEX = 0, 202
+_FUTEX_CMD, _FUTEX_WAIT, _FUTEX_WAIT_BITSET = 0x7F, 0, 9  # op without FUTEX_PRIVATE_FLAG / CLOCK_REALTIME
+_SLEEPS = (35, 230)  # nanosleep, clock_nanosleep
+_FD_WAITS = (7, 23, 270, 271)  # poll, select, pselect6, ppoll: with no fds, a sleep
+_SERVER_SIGNAL = 1 << (10 - 1)  # SIGUSR1 in a blocked-signal mask: blocked by Wine for server requests and locks
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,8 @@ class WineProcess:
         self._gadgets: Optional[Gadgets] = None
         self._wine_layout: Optional[WineLayout] = None
         self._layout_probed = False
+        self._thread_fd_layout: Optional[ThreadFds] = None
+        self._fds_probed = False
 
     # -- context manager -------------------------------------------------------------------------------------
 
@@ -348,31 +358,99 @@ class WineProcess:
     def _pick_task(self, stopped: StoppedProcess, for_call: bool) -> StoppedTask:
         """A task we may borrow. Tasks holding a signal are never used (their stop must stay as found).
 
-        For a call into Windows code: first a thread blocked in an NT system call (it is idle; the call gets a
-        fresh syscall frame, see _call_on), then one stopped in the program's own code (outside Wine's DLLs,
-        so it holds no ntdll lock). A thread elsewhere in Wine's code is never used: a nested NT system call
-        there would overwrite its live syscall frame (measured: the thread dies at its next system call).
+        For a call into Windows code: first a thread parked in a wait inside an NT system call (see _not_waiting;
+        the call gets a fresh syscall frame, see _call_on), then one stopped in the program's own code (outside
+        Wine's DLLs, so it holds no ntdll lock). A thread anywhere else is never used: elsewhere in Wine's code a
+        nested NT system call would overwrite its live syscall frame (measured: the thread dies at its next
+        system call), and one in a server request or holding a Unix-side lock of Wine would have its request
+        stream or lock re-entered. Raises BackendError naming why each thread was refused (callers retry).
         """
         usable = [t for t in stopped.tasks.values() if not t.held_signal]
         if not usable:
             raise BackendError(f"process {self._pid}: every thread is stopped on a pending signal; try again")
         if not for_call:
             return usable[0]
+        refused: List[str] = []
         for task in usable:
-            if task.in_syscall and self._unix_side(task) is not None:
-                return task
+            if task.in_syscall:
+                reason = self._not_waiting(task)
+                if reason is None:
+                    return task
+                refused.append(f"thread {task.tid} {reason}")
         own = [
             (m.base, m.base + m.size)
             for m in self.modules()
             if _WINE_PE_DIR not in m.path.replace("\\", "/") and m.name.lower() != "ntdll.dll"
         ]
         for task in usable:
-            if not task.in_syscall and any(lo <= task.regs.rip < hi for lo, hi in own):
+            if task.in_syscall:
+                continue
+            if any(lo <= task.regs.rip < hi for lo, hi in own):
                 return task
+            refused.append(f"thread {task.tid} runs Wine's own code")
+        shown = "; ".join(refused[:_REASONS_SHOWN]) + ("; ..." if len(refused) > _REASONS_SHOWN else "")
         raise BackendError(
-            f"process {self._pid}: no thread is at a point where a call into the process is safe (all are inside "
-            "Wine's own code, or this Wine version's syscall frame layout is unknown); try again"
+            f"process {self._pid}: no thread is at a point where a call into the process is safe (one waiting "
+            f"inside an NT system call, or running the program's own code): {shown}; try again"
         )
+
+    def _not_waiting(self, task: StoppedTask) -> Optional[str]:
+        """None when ``task``, stopped inside a Linux system call, is parked in a wait of an NT system call, so
+        a call into Windows code may borrow it; otherwise why not (a phrase after "thread N").
+
+        Measured on Wine 8 (tests/integration/test_wine_borrow.py): idle Windows threads sit in read() of the
+        thread's wait pipe (WaitForSingleObject, blocking socket accept/recv), futex(FUTEX_WAIT_PRIVATE, 0)
+        (critical section, condition variable, thread-pool worker: NtWaitForAlertByThreadId), pselect6 with
+        no fds (Sleep), or read() of their own file (synchronous ReadFile of a pipe, e.g. stdin). In all of
+        them Wine's server signals (SIGUSR1 ...) are deliverable. Wine blocks those signals around every
+        server request and every Unix-side critical section (its SIGUSR1 handler itself makes server requests),
+        so a thread with SIGUSR1 blocked is mid-request or holds a lock such as the virtual-memory mutex."""
+        if self._unix_side(task) is None:
+            return "is not blocked in an NT system call (or this Wine's syscall frame layout is unknown)"
+        number = int(task.regs.orig_rax)
+        try:
+            mask = get_sigmask(task.tid)
+        except OSError:
+            return "could not be read (gone?)"
+        if mask & _SERVER_SIGNAL:
+            return (
+                f"is in a wineserver request or holds a lock of Wine's Unix side (system call {number}, server "
+                "signals blocked)"
+            )
+        regs = task.regs
+        if number == SYS_FUTEX:
+            if int(regs.rsi) & _FUTEX_CMD in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET) and int(regs.rdx) & 0xFFFFFFFF == 0:
+                return None  # NtWaitForAlertByThreadId; a lock waiter (glibc) waits for value 2
+            return f"is in a futex call that is not a thread-alert wait (op {int(regs.rsi):#x}, value {int(regs.rdx)})"
+        if number in _SLEEPS or (number in _FD_WAITS and int(regs.rdi) == 0):
+            return None  # Sleep: no fds to wait on, nothing held
+        if number == SYS_READ:
+            fds = self._thread_fds(task)
+            if fds is None:
+                return "is in read(), and this Wine's per-thread fds are unknown (wait pipe or server reply?)"
+            fd = int(regs.rdi)
+            if fd in (fds[0], fds[1]):
+                return f"is in a wineserver request (read of its server pipe, fd {fd})"
+            return None  # its wait pipe, or a synchronous ReadFile of its own file (nothing held: signals open)
+        return f"is in system call {number}, not a wait"
+
+    def _thread_fds(self, task: StoppedTask) -> Optional[Tuple[int, int, int]]:
+        """(request, reply, wait) fds of the thread, read from its TEB (offsets probed once per process)."""
+        teb = int(task.regs.gs_base)
+        if not teb:
+            return None
+        if not self._fds_probed:
+            self._thread_fd_layout = probe_thread_fds(self._pid, teb, self.read)
+            self._fds_probed = True
+        layout = self._thread_fd_layout
+        if layout is None:
+            return None
+        try:
+            data = self.read(teb + layout.request_fd, 12)
+        except BackendError:
+            return None
+        request, reply, wait = struct.unpack("<iii", data)
+        return int(request), int(reply), int(wait)
 
     def _layout(self) -> Optional[WineLayout]:
         if not self._layout_probed:
@@ -471,7 +549,9 @@ class WineProcess:
             left = True  # the thread still runs the stub: it puts the TEB pointer back itself; keep its page
             raise
         finally:
-            if not left:
+            # A task no longer stopped (it ran on out of our reach) is never touched: the stub, if it got there,
+            # has put the pointer back, and its page stays mapped.
+            if not left and task.tid in stopped.tasks:
                 if switch is not None:  # the stub put it back unless the call was cut short
                     self.write(switch.pointer, struct.pack("<Q", switch.live))
                 self._syscall(stopped, SYS_MUNMAP, (page, PAGE), task)
