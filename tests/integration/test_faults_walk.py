@@ -205,8 +205,10 @@ def test_a_recovery_killed_in_turn_is_finished_by_the_next_run(
     engine = EngineCli(package, tmp_path / "state")
     target = busy[0]
     pids = {"pids": [target.pid]}
-    assert engine("apply", fault="apply_after_entry", processes=pids)[0] == 99  # one function switched
-    assert engine("recover", fault=second)[0] == 99  # the recovery restores it, then dies freeing the blob
+    # Killed with every thread stopped and nothing written yet (this package's one function is switched with one
+    # write, so no moment leaves it half switched): the recovery aborts the apply, then dies freeing the blob.
+    assert engine("apply", fault="apply_after_quiesce", processes=pids)[0] == 99
+    assert engine("recover", fault=second)[0] == 99
     wait_counting(target.proc, target.proc.stats().calls)
     assert_only_old_or_new(target.proc, pair)
     assert open_process_states(tmp_path / "state"), "the interrupted recovery's record is gone"
