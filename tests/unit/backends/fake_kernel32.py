@@ -1,8 +1,9 @@
 """A strict fake of the kernel32/kernelbase calls the Windows backend makes (no Windows runs here).
 
 It models one machine: processes with modules, memory regions (state, protection, bytes), threads ("running" or
-"frozen", contexts) and the debug API (a debug object per calling Python thread, a queue of debug events per
-debuggee). It is strict where Windows is lenient, so mistakes in the backend fail loudly:
+"frozen", contexts; thread ids unique across the machine, as Windows gives them) and the debug API (a debug object per
+calling Python thread, a queue of debug events per debuggee). It is strict where Windows is lenient, so mistakes in
+the backend fail loudly:
 - every handle must be closed (``assert_no_leaks``), calls need the access rights the handle was opened with, and
   handles that debug events carry follow Windows: file handles are the debugger's to close, thread and process
   handles the system's (closed by DebugActiveProcessStop or by continuing their exit event: closing one is an error);
@@ -44,6 +45,7 @@ NTDLL_EXPORTS = {
     "DbgUiRemoteBreakin": 0x3100,
     "RtlUserThreadStart": 0x3200,
 }
+FIRST_TID = 1000  # the first process's threads are 1000, 1001, ...; later processes continue the machine's count
 BREAKIN_TID_BASE = 9000  # ids of the threads the system injects at attach
 BREAKIN_STACK = 0x7F_0000  # where the injected thread's stack lives while it exists
 ERROR_NOACCESS = 998
@@ -183,10 +185,24 @@ class FakeKernel32:
         self.dead = False
         self.killed_at = ""  # the call the engine died before
         self._next_breakin = BREAKIN_TID_BASE
+        self._next_tid = FIRST_TID
+        self._ids = threading.Lock()  # engine threads call in at once: handle and thread ids are never handed out twice
 
     # -- model building ---------------------------------------------------------------------------------------
 
-    def add_process(self, pid: int, name: str, module_base: int, module: bytes, threads: int = 2, **kw: Any) -> Process:
+    def add_process(
+        self, pid: int, name: str, module_base: int, module: bytes, threads: int = 2, first_tid: int = 0, **kw: Any
+    ) -> Process:
+        """A process with ``threads`` threads numbered from ``first_tid`` (default: the next ids of the machine).
+        Thread ids are unique machine-wide while the thread exists (GetCurrentThreadId): reusing one is an error."""
+        first_tid = first_tid or self._next_tid
+        tids = range(first_tid, first_tid + threads)
+        for other in self.processes.values():
+            if taken := sorted(set(tids) & set(other.threads)):
+                raise StrictnessError(
+                    f"thread id {taken[0]} is already pid {other.pid}'s: Windows never reuses a live one"
+                )
+        self._next_tid = max(self._next_tid, first_tid + threads)
         image = Region(module_base, len(module), w.PAGE_EXECUTE_READ, bytearray(module), module_base, "image")
         ntdll = Region(NTDLL_BASE, 0x10000, w.PAGE_EXECUTE_READ, bytearray(0x10000), NTDLL_BASE, "image")
         stack_base = 0x10_0000
@@ -203,8 +219,8 @@ class FakeKernel32:
             ],
             [image, ntdll, *stacks],
             {
-                1000 + i: Thread(1000 + i, NTDLL_BASE + 0x500, stacks[i].base + stacks[i].size - 0x100, module_base)
-                for i in range(threads)
+                tid: Thread(tid, NTDLL_BASE + 0x500, stacks[i].base + stacks[i].size - 0x100, module_base)
+                for i, tid in enumerate(tids)
             },
             **kw,
         )
@@ -269,9 +285,11 @@ class FakeKernel32:
         return self.fail_next.pop(name, 0)
 
     def _new_handle(self, kind: str, ident: int, access: int) -> int:
-        self._next_handle += 4
-        self.handles[self._next_handle] = (kind, ident, access)
-        return self._next_handle
+        with self._ids:
+            self._next_handle += 4
+            handle = self._next_handle
+            self.handles[handle] = (kind, ident, access)
+        return handle
 
     def _process(self, handle: Any, access: int) -> Process:
         entry = self.handles.get(int(handle or 0))
@@ -287,10 +305,14 @@ class FakeKernel32:
             raise StrictnessError(f"{handle!r} is not an open thread handle")
         if entry[2] & access != access:
             raise StrictnessError(f"thread handle lacks access 0x{access:x}")
-        for process in self.processes.values():
-            if entry[1] in process.threads:
-                return process, process.threads[entry[1]]
-        raise StrictnessError("thread vanished")
+        owners = [process for process in self.processes.values() if entry[1] in process.threads]
+        if len(owners) > 1:  # a handle names one thread object: never resolve it to another process's thread
+            raise StrictnessError(
+                f"thread id {entry[1]} is live in pids {[p.pid for p in owners]}: the model is broken"
+            )
+        if not owners:
+            raise StrictnessError("thread vanished")
+        return owners[0], owners[0].threads[entry[1]]
 
     @staticmethod
     def _region(process: Process, address: int, size: int = 1) -> Region | None:
@@ -345,10 +367,9 @@ class FakeKernel32:
             rows = [("module", pid, m) for m in self.processes[pid].modules]
         else:
             raise StrictnessError(f"snapshot kind 0x{kind:x} not modelled")
-        self._next_handle += 4
-        self.snapshots[self._next_handle] = rows
-        self.handles[self._next_handle] = ("snapshot", 0, 0)
-        return self._next_handle
+        handle = self._new_handle("snapshot", 0, 0)
+        self.snapshots[handle] = rows
+        return handle
 
     def _snapshot_next(self, handle: int, pointer: Any, expected: Any) -> int:
         rows = self.snapshots.get(int(handle))
@@ -661,9 +682,11 @@ class FakeKernel32:
         ]
         queue += [DebugEvent(w.CREATE_THREAD_DEBUG_EVENT, t.tid, start=t.start) for t in others]
         queue += process.attach_extra
-        self._next_breakin += 1
+        with self._ids:
+            self._next_breakin += 1
+            breakin_tid = self._next_breakin
         breakin = Thread(  # not started yet: its context is the initial one, in RtlUserThreadStart
-            self._next_breakin,
+            breakin_tid,
             NTDLL_BASE + NTDLL_EXPORTS["RtlUserThreadStart"],
             BREAKIN_STACK + 0xF000,
             NTDLL_BASE

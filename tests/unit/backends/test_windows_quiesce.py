@@ -215,6 +215,80 @@ def test_two_engine_threads_freeze_two_processes_at_once_each_with_its_own_debug
     fake.assert_no_leaks()
 
 
+@pytest.mark.parametrize("first", [PID, PID + 1], ids=["appsvc-first", "other-first"])
+def test_two_engine_threads_interleaved_each_read_and_write_only_their_own_frozen_target(first: int) -> None:
+    # The interleaving the test above leaves to the scheduler, forced: the first engine thread quiesces its target
+    # and writes while the other target runs; the second quiesces while the first target is frozen; the first
+    # resumes; the second writes while the first target runs. Each must read the contexts of its own threads only.
+    fake = _fresh()
+    fake.add_process(PID + 1, "other.exe", MODULE_BASE, bytes(module_image()), threads=2)
+    for pid in (PID, PID + 1):
+        for offset, thread in enumerate(fake.processes[pid].threads.values()):
+            thread.rip = MODULE_BASE + 0x2000 + (pid - PID) * 0x100 + offset * 0x10  # tells the targets apart
+    second = PID + 1 if first == PID else PID
+    first_frozen, second_frozen, first_resumed = threading.Event(), threading.Event(), threading.Event()
+    steps = (first_frozen, second_frozen, first_resumed)
+    seen: dict[int, dict[int, int]] = {}
+    expected: dict[int, dict[int, int]] = {}
+    errors: list[BaseException] = []
+
+    def await_step(event: threading.Event) -> None:
+        if not event.wait(timeout=30):
+            raise TimeoutError("the other engine thread never reached its step")
+
+    def freeze(process: WindowsProcess) -> Any:
+        quiesced = process.quiesce(with_stacks=True)
+        expected[process.pid] = {tid: t.rip for tid, t in fake.processes[process.pid].threads.items()}
+        seen[process.pid] = {t.tid: t.rip for t in quiesced.threads}
+        return quiesced
+
+    def run_first() -> None:
+        try:
+            with WindowsBackend(fake).open(first) as process:
+                quiesced = freeze(process)
+                process.write(JUMP[0], b"\xe9" + struct.pack("<i", 0x10000 - 5))  # the other target runs
+                first_frozen.set()
+                await_step(second_frozen)
+                quiesced.resume()
+                first_resumed.set()
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+            for event in steps:  # the other thread stops waiting
+                event.set()
+
+    def run_second() -> None:
+        try:
+            await_step(first_frozen)
+            with WindowsBackend(fake).open(second) as process:
+                quiesced = freeze(process)  # the first target is frozen by the other debug object
+                second_frozen.set()
+                await_step(first_resumed)
+                process.write(JUMP[0], b"\xe9" + struct.pack("<i", 0x10000 - 5))  # the first target runs again
+                quiesced.resume()
+        except BaseException as exc:
+            errors.append(exc)
+            for event in steps:
+                event.set()
+
+    workers = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    assert seen == expected
+    assert {pid: len(threads) for pid, threads in seen.items()} == {PID: 4, PID + 1: 3}
+    fake.assert_no_leaks()
+
+
+def test_the_fake_numbers_threads_machine_wide_and_refuses_a_live_thread_id_twice(kernel: FakeKernel32) -> None:
+    # What the interleaved test relies on: a thread handle names one thread, never another process's namesake.
+    other = kernel.add_process(PID + 1, "other.exe", MODULE_BASE, bytes(module_image()), threads=2)
+    assert sorted(kernel.processes[PID].threads) == [1000, 1001, 1002] and sorted(other.threads) == [1003, 1004]
+    with pytest.raises(StrictnessError, match="thread id 1001 is already pid 4242's"):
+        kernel.add_process(PID + 2, "third.exe", MODULE_BASE, bytes(module_image()), first_tid=1001)
+
+
 def test_resuming_from_another_thread_is_refused_and_the_owner_can_still_resume(kernel: FakeKernel32) -> None:
     with WindowsBackend(kernel).open(PID) as process:
         quiesced = process.quiesce()
