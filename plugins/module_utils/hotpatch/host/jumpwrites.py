@@ -27,16 +27,17 @@ PAGE = 0x1000
 @dataclass(frozen=True)
 class ProcessWrite:
     """One write into the process: ``data`` at ``address`` (VA), carrying ``parts`` (journaled jumps, address
-    order)."""
+    order); ``has_entry``: it writes an entry's bytes (callers take the new path, or the old one again). Planned
+    before the pause, so the pause only reads fields."""
 
     address: int
     data: bytes
     parts: Tuple[JournalWrite, ...]
+    has_entry: bool
 
-    @property
-    def has_entry(self) -> bool:
-        """It writes an entry's bytes (the function's callers now take the new path, or the old one again)."""
-        return any(part.part == "entry" for part in self.parts)
+
+def _write(address: int, data: bytes, parts: Tuple[JournalWrite, ...]) -> ProcessWrite:
+    return ProcessWrite(address, data, parts, any(part.part == "entry" for part in parts))
 
 
 def _one_page(start: int, end: int) -> bool:
@@ -64,9 +65,9 @@ def _plan(groups: Sequence[Tuple[JournalWrite, ...]], field: str, entry_first: b
         adjacent = all(a.address + len(d) == b.address for a, d, b in zip(group, data, group[1:]))
         end = group[-1].address + len(data[-1])
         if adjacent and _one_page(group[0].address, end):
-            out.append(ProcessWrite(group[0].address, b"".join(data), group))
+            out.append(_write(group[0].address, b"".join(data), group))
             continue
-        singles = [ProcessWrite(w.address, d, (w,)) for w, d in zip(group, data)]
+        singles = [_write(w.address, d, (w,)) for w, d in zip(group, data)]
         singles.sort(key=lambda pw: pw.has_entry != entry_first)  # stable: the entry first or last
         out.extend(singles)
     return out
