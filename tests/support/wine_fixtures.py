@@ -2,7 +2,7 @@
 
 It also watches for Wine's crash handler: a ``winedbg`` process that appears during the run in one of the tests'
 prefixes (under the checkout, under pytest's temporary folder, or unknown because it already exited) fails the
-test during which it was first seen (an error at that test's teardown, ~2 ms a test) and, if only found at the
+test during which it was first seen (an error at that test's teardown, ~1 ms a test) and, if only found at the
 end, the session (exit status 1); the terminal summary lists each one. A test that crashes a Wine program on
 purpose says so with ``@pytest.mark.winedbg_expected``: its winedbg is listed, not counted as a failure.
 """
