@@ -8,6 +8,7 @@ line protocol on stdin/stdout.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backen
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError, CallLeftRunning
 from tests.fixtures.wine import ensure_wineserver, wine_prefix
 from tests.support.procmem import sample
-from tests.support.wine_crashes import exit_problem
+from tests.support.wine_crashes import exit_problem, winedbg_processes
 
 pytestmark = [pytest.mark.wine]
 
@@ -772,6 +773,7 @@ def test_a_target_that_crashes_is_reported_with_wines_crash_lines_not_taken_for_
     """The check every target's teardown relies on: an int3 written where the workers enter compute ends the
     program through Wine's unhandled-exception path (winedbg --auto), which its end must name."""
     t = Target(build, 1)
+    before = set(winedbg_processes())
     try:
         with WineBackend().open(t.pid) as handle:
             entry = handle._export("hp.dll", "compute")
@@ -786,5 +788,9 @@ def test_a_target_that_crashes_is_reported_with_wines_crash_lines_not_taken_for_
         t.killed = True  # whatever happened above, the teardown below must not fail on this end
         if t.proc.poll() is None:
             t.kill()
+        for key, debugger in winedbg_processes().items():  # one left waiting for the gone process (seen here)
+            if key not in before and debugger.prefix == str(PREFIX) and not debugger.zombie:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(key[0], signal.SIGKILL)
     assert problem is not None and "crashed" in problem, problem
     assert "Unhandled exception 0x80000003" in problem, problem
