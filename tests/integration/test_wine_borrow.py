@@ -1,7 +1,8 @@
 """Which thread a Wine remote call borrows, and what a call that cannot be aborted leaves alone.
 
 The target is built here from source with mingw-w64. Its main thread reads stdin (a synchronous ReadFile), one
-thread loops ResetEvent (a wineserver request each time), one waits on an event and one sleeps. It exports
+thread loops ResetEvent (a wineserver request each time), one waits on an event, one sleeps and one
+waits for a critical section the main thread holds. It exports
 ``stall``: a raw vfork whose child sleeps 3 s, so the calling thread waits killably (state D) and a ptrace
 interrupt cannot stop it until then. With ``requests`` as argument only the main thread runs, looping
 ResetEvent and reporting a request that fails.
@@ -45,6 +46,7 @@ SOURCE = r"""
 #include <stdio.h>
 #include <string.h>
 static HANDLE ev, never;
+static CRITICAL_SECTION cs;
 struct timespec64 { long long sec, nsec; };
 struct timespec64 stall_time = {3, 0};
 long long raw_vfork_sleep(void);
@@ -80,17 +82,22 @@ static DWORD WINAPI requests(LPVOID p) {
 }
 static DWORD WINAPI waiter(LPVOID p) { WaitForSingleObject(never, INFINITE); return 0; }
 static DWORD WINAPI sleeper(LPVOID p) { Sleep(INFINITE); return 0; }
+static DWORD WINAPI cs_waiter(LPVOID p) { EnterCriticalSection(&cs); return 0; } /* held by main: waits */
 int main(int argc, char **argv) {
     ev = CreateEventA(NULL, TRUE, FALSE, NULL);
     never = CreateEventA(NULL, TRUE, FALSE, NULL);
     int only_requests = argc > 1 && !strcmp(argv[1], "requests");
-    DWORD ids[3] = {0, 0, 0};
+    DWORD ids[4] = {0, 0, 0, 0};
+    InitializeCriticalSection(&cs);
     if (!only_requests) {
         CreateThread(NULL, 0, requests, NULL, 0, &ids[0]);
         CreateThread(NULL, 0, waiter, NULL, 0, &ids[1]);
         CreateThread(NULL, 0, sleeper, NULL, 0, &ids[2]);
+        EnterCriticalSection(&cs);
+        CreateThread(NULL, 0, cs_waiter, NULL, 0, &ids[3]);
+        while (cs.LockCount < 1) SwitchToThread(); /* the waiter has queued (Wine counts from -1) */
     }
-    printf("ready %p %lu %lu %lu %lu\n", (void *)stall, GetCurrentThreadId(), ids[0], ids[1], ids[2]);
+    printf("ready %p %lu %lu %lu %lu %lu\n", (void *)stall, GetCurrentThreadId(), ids[0], ids[1], ids[2], ids[3]);
     fflush(stdout);
     if (only_requests) requests(NULL);
     char line[64];
@@ -129,7 +136,7 @@ class Target:
         assert words[0] == "ready", words
         self.stall = int(words[1], 16)
         self.windows_ids = dict(
-            zip(("main", "requests", "waiter", "sleeper"), (int(w) for w in words[2:]), strict=True)
+            zip(("main", "requests", "waiter", "sleeper", "cs_waiter"), (int(w) for w in words[2:]), strict=True)
         )
         self.pid = self.program.find_linux_pid()
         self.handle = WineBackend().open(self.pid)
@@ -202,7 +209,8 @@ def server_stopped(prefix: Path, pid: int) -> Iterator[None]:
 
 def test_idle_threads_may_be_borrowed_and_one_in_a_server_request_never(prefix: Path, target: Target) -> None:
     """Measured verdicts: the main thread (ReadFile of stdin: read of its own pipe), a thread in
-    WaitForSingleObject (read of its wait pipe) and one in Sleep (pselect6 without fds) may run a call; a
+    WaitForSingleObject (read of its wait pipe), one in Sleep (pselect6 without fds) and one queued on a
+    critical section (futex FUTEX_WAIT_PRIVATE for value 0: NtWaitForAlertByThreadId) may run a call; a
     thread waiting for its wineserver reply (read of its reply pipe, server signals blocked) may not."""
     handle: WineProcess = target.handle
     with server_stopped(prefix, target.pid):
@@ -218,10 +226,14 @@ def test_idle_threads_may_be_borrowed_and_one_in_a_server_request_never(prefix: 
                     assert task.regs.orig_rax == 0 and task.regs.rdi == fds[1]  # read() of its reply pipe
                 if name == "waiter":
                     assert task.regs.orig_rax == 0 and task.regs.rdi == fds[2]  # read() of its wait pipe
+                if name == "cs_waiter":
+                    assert task.regs.orig_rax == 202 and task.regs.rdx == 0  # futex wait for an alert
             picked = handle._pick_task(quiesced.stopped, for_call=True)
         finally:
             quiesced.resume()
-    assert verdicts["main"] is None and verdicts["waiter"] is None and verdicts["sleeper"] is None
+    assert {name: verdicts[name] for name in ("main", "waiter", "sleeper", "cs_waiter")} == dict.fromkeys(
+        ("main", "waiter", "sleeper", "cs_waiter")
+    )
     assert "wineserver request" in str(verdicts["requests"])
     assert target.name_of(int(picked.regs.gs_base)) != "requests"
     assert target.tracers() == {0}
