@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends import _ptrace, _stop
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends._stop import StoppedTask
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backends.wine import (
     WineBackend,
     WineProcess,
+    WineQuiesced,
 )
 from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError, CallLeftRunning
 from tests.fixtures.wine import ensure_wineserver, wine_prefix
@@ -466,12 +468,27 @@ def test_a_stop_signal_sent_as_we_quiesce_is_delivered_not_swallowed(target: Tar
     assert target.stats()[3] == 0
 
 
+def _quiesce_for_call(handle: WineProcess) -> tuple[WineQuiesced, StoppedTask]:
+    """A quiesce with a thread the backend may borrow for a call, and that thread; the caller resumes. The backend
+    refuses threads caught mid-system-call outside a wait or inside Wine's code and asks callers to retry (a loaded
+    machine catches the main thread writing its reply): quiesce again until one qualifies."""
+    refusal = ""
+    for _attempt in range(1000):
+        quiesced = handle.quiesce()
+        try:
+            return quiesced, handle._pick_task(quiesced.stopped, for_call=True)
+        except BackendError as exc:
+            refusal = str(exc)
+            quiesced.resume()
+        os.sched_yield()
+    raise AssertionError(f"no thread could be borrowed in 1000 quiesces: {refusal}")
+
+
 def test_a_signal_arriving_during_a_remote_call_is_delivered_after_resume(target: Target, handle: WineProcess) -> None:
     base, _unused = _module(handle, "hp.dll")
     blob, _code, table = _unwind_blob(handle, base, target.thrower)
-    quiesced = handle.quiesce()
+    quiesced, task = _quiesce_for_call(handle)
     try:
-        task = handle._pick_task(quiesced.stopped, for_call=True)
         _ptrace.tgkill(target.pid, task.tid, signal.SIGSTOP)  # pending until the thread runs our call
         handle.add_function_table(table, 1, base)
     finally:
@@ -668,9 +685,8 @@ def test_remote_call_that_never_returns_times_out_and_the_process_keeps_running(
     target: Target, handle: WineProcess
 ) -> None:
     sleep = handle._export("kernel32.dll", "Sleep")
-    quiesced = handle.quiesce()
+    quiesced, task = _quiesce_for_call(handle)
     try:
-        task = handle._pick_task(quiesced.stopped, for_call=True)
         with pytest.raises(BackendError, match="timed out"):
             handle._call_on(quiesced.stopped, task, sleep, (0xFFFFFFFF,), 200_000_000)
     finally:
