@@ -26,7 +26,7 @@ from ._procfs import Mapping
 from ._ptrace import get_sigmask, get_xstate
 from ._remote import CALL_TIMEOUT_NS, RED_ZONE, SLOW_FACTOR, FrameSwitch, Gadgets, remote_call, remote_syscall
 from ._sigframe import CALL_STUB, CALL_STUB_MARKER, RESTORE_RT, SYSCALL_RET
-from ._stop import StoppedProcess, StoppedTask, stop_all
+from ._stop import StoppedProcess, StoppedTask, detach_lingering, stop_all
 from ._winelayout import ThreadFds, WineLayout, probe, probe_thread_fds
 from .base import PROT_RW, PROT_RWX, PROT_RX, ModuleInfo, ProcessInfo, ThreadState
 
@@ -144,9 +144,11 @@ class WineProcess:
         self.close()
 
     def close(self) -> None:
-        """Detach any threads still stopped (a tracer must never leave a process stopped), close /proc/PID/mem."""
+        """Detach any threads still stopped (a tracer must never leave a process stopped), close /proc/PID/mem.
+        Also detaches a thread left running by a remote operation that has reached its stop by now."""
         if self._quiesced is not None:
             self._quiesced.resume()
+        detach_lingering()
         if self._mem >= 0:
             os.close(self._mem)
             self._mem = -1
