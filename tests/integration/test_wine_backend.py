@@ -179,8 +179,9 @@ class Target:
         assert self.proc.stdout is not None
         ready = self.proc.stdout.readline().split()
         if not (ready and ready[0] == "ready"):
+            code = self._wait_briefly()
             self.kill()
-            pytest.fail(f"target did not start: {ready}; stderr: {self.stderr_text()}", pytrace=False)
+            pytest.fail(f"target did not start: {ready} (exit {code}); stderr: {self.stderr_text()}", pytrace=False)
         self.thrower = int(ready[1], 16)
         self.pid = self.proc.pid
 
