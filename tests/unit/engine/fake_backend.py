@@ -23,7 +23,7 @@ from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.backen
     ProcessInfo,
     ThreadState,
 )
-from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError
+from ansible_collections.rebootless.windows.plugins.module_utils.hotpatch.errors import BackendError, CallLeftRunning
 
 PAGE = 0x1000
 GRANULE = 0x10000
@@ -68,6 +68,7 @@ class Failures:
     """Injected platform failures (BackendError): counters count down on each matching call."""
 
     allocate: str | None = None
+    allocate_left_running: bool = False  # the remote mmap outlives its timeout: CallLeftRunning, memory mapped
     code_write_number: int | None = None  # the Nth write to image memory fails (1-based)
     add_table: str | None = None
     delete_table: str | None = None
@@ -219,6 +220,8 @@ class FakeHandle:
         if intent is not None:
             intent(address)
         proc.regions.append(Region(address, bytearray(rounded), "rw", "blob"))
+        if proc.fail.allocate_left_running:  # the system call completes after the engine gave up waiting
+            raise CallLeftRunning(f"process {proc.info.pid}: remote mmap still running; left to finish alone")
         return address
 
     def fresh_region(self, address: int, size: int) -> bool:

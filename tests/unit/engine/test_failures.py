@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,27 @@ def test_an_unwind_registration_left_running_never_leaves_a_table_over_freed_mem
     proc.tables[table] = (count, base)  # the abandoned call completes after all
     assert run("recover")[0] == 0
     assert not proc.blobs() and not proc.tables
+
+
+def test_an_allocation_left_running_stays_journaled_until_recovery_frees_the_memory_it_mapped(
+    backend: FakeBackend, fx: Fixture, run: Runner, state_dir: Path
+) -> None:
+    """A remote mmap whose thread could not be stopped in time completes on its own (CallLeftRunning): the
+    ahead-journaled intent must survive the failed apply, so that the next run frees what the call mapped."""
+    proc = spawn(backend, fx)
+    proc.fail.allocate_left_running = True
+    code, result = run("apply")
+    assert code == 1 and result["processes"][0]["result"] == "failed", result
+    [record] = [json.loads(p.read_text()) for p in (state_dir / "journal").glob("*.json")]
+    [journaled] = record["processes"]
+    assert journaled["state"] == "staging" and journaled["blob_mapped"] is False
+    [blob] = proc.blobs()  # the call mapped it after the engine gave up waiting
+    assert journaled["blob_address"] == blob.start
+    proc.fail.allocate_left_running = False
+    code, result = run("recover")
+    assert code == 0 and "blob freed" in result["recovered"][0]["note"], result
+    assert not proc.blobs() and not list((state_dir / "journal").glob("*.json"))
+    assert run("apply")[0] == 0 and set(proc.code().values()) == {"patched"}
 
 
 def test_an_aborted_apply_is_journaled_and_archived(

@@ -170,6 +170,14 @@ class PatchTransaction:
 
         try:
             address = handle.allocate_near(base, size, intent=intent)
+        except CallLeftRunning:
+            # The system call was left to finish on its own thread: the memory may still appear. The record
+            # stays as journaled ahead (staging, blob_mapped false), and recovery frees the memory only if it
+            # is there, fresh and holding zeros (release_intended).
+            if self.record is not None:
+                self.journal.touch(record, "staging", "the blob's allocation was left running; recover settles it")
+                self.journal.save(self.file)
+            raise
         except EngineError:
             if self.record is not None:  # journaled ahead, but the backend left nothing mapped
                 record.blob_freed = True
