@@ -11,7 +11,7 @@ from .blob import free_when_idle
 from .discovery import Target
 from .faults import fault_point
 from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
-from .jumpwrites import restore_writes
+from .jumpwrites import ProcessWrite, restore_writes
 from .quiesce import Range, quiesce_clear
 from .result import ProcessResult
 from .transaction import Options
@@ -58,9 +58,15 @@ def write_states(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List[
     ]
 
 
-def restore_originals(handle: ProcessHandle, writes: Sequence[JournalWrite], fault: bool = False) -> None:
+def restore_originals(
+    handle: ProcessHandle,
+    writes: Sequence[JournalWrite],
+    fault: bool = False,
+    planned: Optional[Sequence[ProcessWrite]] = None,
+) -> None:
     """Write back every original, the last function first (a function's entry and padding in one write when
-    they share a page, else the entry first; see jumpwrites); threads must be stopped.
+    they share a page, else the entry first; see jumpwrites); threads must be stopped. ``planned``:
+    ``restore_writes(writes)`` worked out before the pause, used when every jump still holds its new bytes.
 
     On a failed write, the writes already undone are redone so the process stays on the new code, then the
     BackendError propagates.
@@ -69,7 +75,10 @@ def restore_originals(handle: ProcessHandle, writes: Sequence[JournalWrite], fau
     first_entry = True
     try:
         currents = current_bytes(handle, writes)
-        pending = restore_writes([w for w, current in zip(writes, currents) if current != w.original])
+        if planned is not None and all(current == w.new for w, current in zip(writes, currents)):
+            pending: Sequence[ProcessWrite] = planned
+        else:  # partly restored already (recovery): rewrite only what is not original
+            pending = restore_writes([w for w, current in zip(writes, currents) if current != w.original])
         for write in pending:
             handle.write(write.address, write.data)
             undone.extend(write.parts)
@@ -126,6 +135,7 @@ class RollbackTransaction:
             self.journal.touch(self.record, "rolling_back")
             self.journal.save(self.file)
             fault_point("rollback_after_intent")
+            planned = restore_writes(self.record.writes)  # worked out before the pause, not in it
             quiesced, busy = quiesce_clear(
                 handle, write_ranges(self.record.writes), (), self.options.retries, self.options.retry_delay_ms
             )
@@ -136,7 +146,7 @@ class RollbackTransaction:
                 return self._set("failed", "patched", "patched", f"threads stayed busy: {busy.reason}; try again later")
             fault_point("rollback_after_quiesce")
             try:
-                restore_originals(handle, self.record.writes, fault=True)
+                restore_originals(handle, self.record.writes, fault=True, planned=planned)
             except EngineError:
                 quiesced.resume()
                 self.journal.touch(self.record, "applied")
