@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.wine import WINE64, ensure_wineserver, wine_env, wine_prefix
+from tests.support.wine_crashes import exit_problem
 
 pytestmark = pytest.mark.wine
 
@@ -55,10 +57,14 @@ class Target:
     """The busy program: two threads counting; each line sent gets the sum of the counters back."""
 
     def __init__(self, programs: Path, env: dict[str, str]) -> None:
+        # A file, not a pipe (nobody reads it until close), open for the target's whole life.
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
+        self.expect_death = False  # set by a test whose point is that the target dies
         self.proc = subprocess.Popen(
             [str(WINE64), str(programs / "busy_target.exe")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self.stderr,
             text=True,
             env=env,
         )
@@ -80,7 +86,8 @@ class Target:
                 return True
         return False
 
-    def close(self) -> None:
+    def close(self) -> str | None:
+        """Ask the program to quit (kill it if it will not); returns why it did not end cleanly, or None."""
         if self.proc.poll() is None:
             try:
                 self.stdin.write("quit\n")
@@ -89,6 +96,13 @@ class Target:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        self.stderr.seek(0)
+        stderr = self.stderr.read().decode(errors="replace")
+        self.stderr.close()
+        if self.expect_death:
+            return None
+        # A kill here means it hung after "quit": not clean either.
+        return exit_problem("busy_target.exe", self.proc.returncode, 0, killed=False, stderr=stderr)
 
 
 @pytest.fixture
@@ -97,7 +111,8 @@ def target(programs: Path, env: dict[str, str]) -> Iterator[Target]:
     try:
         yield busy
     finally:
-        busy.close()
+        problem = busy.close()
+    assert problem is None, problem  # a target that crashed or hung while frozen and released fails its test
 
 
 def _freezer(programs: Path, env: dict[str, str], target: Target, mode: str) -> subprocess.Popen[str]:
@@ -137,6 +152,7 @@ def test_a_debugger_that_dies_holding_the_injected_thread_leaves_the_target_runn
 def test_without_detach_on_exit_the_same_death_kills_the_target(
     programs: Path, env: dict[str, str], target: Target
 ) -> None:
+    target.expect_death = True
     freezer = _freezer(programs, env, target, "die-kill")
     out, _unused = freezer.communicate(timeout=TIMEOUT_S)
     assert out == "held create\nfrozen 1\nholding\n"
