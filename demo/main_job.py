@@ -137,8 +137,11 @@ REASON_WIDTH = 72
 
 def reason_lines(host: Mapping[str, Any], width: int = REASON_WIDTH) -> list[str]:
     """A host's reasons ("; "-joined, or its decision reason) wrapped at word boundaries to lines of at most width
-    characters (a longer single word stays whole); the report files keep the same text unwrapped."""
+    characters (a longer single word stays whole), led by "(unsigned package allowed)" when the host allowed one, as
+    in hotpatch-report.md; the report files keep the same text unwrapped."""
     text = "; ".join(str(r) for r in host["reasons"]) if host["reasons"] else str(host["decision_reason"] or "")
+    if host.get("allow_unsigned"):
+        text = f"(unsigned package allowed) {text}"
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 

@@ -10,7 +10,8 @@ row   condition                                                              dec
 ====  =====================================================================  ========  ==========================
 1     the plan failed as a whole (package/signature rejected, lock; or a     fail      ``plan failed``
       process failed for a reason a restart would not fix)
-2     every matching process already runs this package's code                skip      ``already applied``
+2     every matching process already runs this package's code (hotpatched,   skip      ``already applied``
+      or the staged cold-patched module loaded)
 3     the package is staged on disk and no process still runs the base code  skip      ``cold patch in place``
 4     policy ``hotpatch_force_cold``                                         cold      ``policy``
 5     an earlier run rolled this package back on this host (marker), unless  cold      ``rolled back here``
@@ -72,6 +73,25 @@ def _listed(packages: Any, wanted: tuple[str, str, str]) -> bool:
     return False
 
 
+def _path_key(path: Any) -> str:
+    return str(path or "").replace("\\", "/").lower()
+
+
+def _staged_loaded(facts: dict[str, Any], wanted: tuple[str, str, str]) -> str:
+    """Path of this package's staged module when a running process has that very file loaded (the cold patch is in
+    effect, not an in-memory hotpatch), else ""."""
+    loaded = {_path_key(p.get("module_path")) for p in facts.get("processes") or [] if isinstance(p, dict)}
+    for entry in facts.get("staged") or []:
+        if (
+            isinstance(entry, dict)
+            and entry.get("path")
+            and _listed([entry], wanted)
+            and _path_key(entry["path"]) in loaded
+        ):
+            return str(entry["path"])
+    return ""
+
+
 def decide(
     facts: dict[str, Any] | None,
     plan: dict[str, Any] | None,
@@ -94,6 +114,13 @@ def decide(
     results = [str(p.get("result") or "") for p in processes]
     key = _identity(plan.get("package"))
     if processes and all(r == "already_patched" for r in results):
+        loaded = _staged_loaded(facts, key)
+        if loaded:
+            return Decision(
+                "skip",
+                f"already applied: {len(processes)} process(es) run the cold-patched module (staged {loaded} loaded)",
+                2,
+            )
         return Decision("skip", f"already applied in {len(processes)} process(es)", 2)
     staged = _listed(facts.get("staged") or facts.get("staged_packages"), key)
     if staged and not any(

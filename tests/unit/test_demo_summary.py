@@ -17,7 +17,7 @@ def _record(host: str, result: str, wave: int, **extra: Any) -> dict[str, Any]:
         "wave": wave,
         "result": result,
         "decision": {"action": "hotpatch", "reason": "1 process(es) to hotpatch, 0 already patched"},
-        "reasons": ["1 process(es) to hotpatch, 0 already patched"],
+        "reasons": ["hotpatched 1 process (pid 28970), pause 200 µs", "post-health 6/6 passed"],
         "rolled_back": False,
         "pause_us_max": 200,
     }
@@ -33,7 +33,7 @@ def _report() -> dict[str, Any]:
             "deferred",
             2,
             rolled_back=True,
-            reasons=["1 process(es) to hotpatch, 0 already patched", POST, DEFERRED],
+            reasons=["hotpatched 1 process (pid 29057), pause 187 µs", POST, DEFERRED],
         ),
     }
     waves = [
@@ -60,3 +60,13 @@ def test_the_summary_prints_the_real_rollback_reason_and_consistent_failed_count
     assert r"/^appcore 1\.0\.2$/" in text and "\\\\" not in text
     totals = rows[-1]
     assert "0 failed" in totals and "1 rolled back (1 counted as failed by the wave gate)" in totals
+
+
+def test_the_summary_states_the_outcome_and_an_allowed_unsigned_package_as_the_markdown_does() -> None:
+    records = {"lab": _record("lab", "hotpatched", 1, allow_unsigned=True)}
+    report = build_report(records, hosts=["lab"], waves=[{"index": 1, "hosts": ["lab"], "failed": []}])
+    text = " ".join(" ".join(row.split()) for row in _summary(report))
+    assert "(unsigned package allowed) hotpatched 1 process (pid 28970), pause 200 µs; post-health 6/6 passed" in text
+    assert "to hotpatch" not in text
+    unsigned = dict(report, hosts=[dict(report["hosts"][0], allow_unsigned=False)])
+    assert "unsigned" not in " ".join(_summary(unsigned))

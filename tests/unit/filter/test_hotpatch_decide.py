@@ -54,6 +54,17 @@ def test_already_applied_everywhere_is_skipped() -> None:
     assert "already applied" in d.reason
 
 
+def test_already_applied_by_loading_the_staged_module_says_it_was_the_cold_patch() -> None:
+    staged = {"package": PACKAGE["id"], "version": "2.0.0", "path": "C:\\App\\appcore.dll", "state": "staged"}
+    facts = {"staged": [staged], "processes": [{"pid": 100, "module_path": "c:/app/APPCORE.dll"}]}
+    d = decide(facts, plan("already_patched"))
+    assert (d.action, d.row) == ("skip", 2)
+    assert d.reason == "already applied: 1 process(es) run the cold-patched module (staged C:\\App\\appcore.dll loaded)"
+    # Staged but the process loaded another file (hotpatched in memory before the staging): no cold-patch claim.
+    facts["processes"][0]["module_path"] = "C:\\Other\\appcore.dll"
+    assert decide(facts, plan("already_patched")).reason == "already applied in 1 process(es)"
+
+
 def test_partly_applied_host_is_hotpatched_for_the_rest() -> None:
     d = decide({}, plan("already_patched", "would_patch"))
     assert d.action == "hotpatch"
