@@ -52,12 +52,6 @@ def test_apply_and_rollback_are_runnable_after_every_write(
     assert crashes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore_originals redoes an undone one-write function part by part in reverse address order: "
-    "entry (short jump) before padding (long jump), so a death between the two redo writes, or a failed padding "
-    "redo (suppressed), leaves an entry jumping into int3 padding",
-)
 def test_a_failed_rollback_redoes_the_jumps_in_a_safe_order(
     backend: FakeBackend, fx: Fixture, run: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -116,32 +110,21 @@ def engine(backend: FakeBackend, fixture: Fixture, state_dir: Path) -> Runner:
     return runner
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a short jump at page offset 0xFFF is itself split by the page boundary: a death between the pages "
-    "leaves EB + the old second byte at the entry (verify neither refuses nor otherwise handles such a function)",
-)
-def test_an_entry_at_the_last_byte_of_a_page_is_never_left_half_written(
+def test_an_entry_at_the_last_byte_of_a_page_is_refused_before_anything_is_written(
     backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A short jump split by a page boundary has no safe order (a death between the pages leaves EB + the old
+    second byte at the entry), so such a package is refused per process with the reason, nothing written."""
     fixture = shifted_fixture(monkeypatch, tmp_path, 0xFFF)
     proc = spawn(backend, fixture)
     run = engine(backend, fixture, tmp_path / "state")
     die_inside_a_page_crossing_write(monkeypatch, proc)
-    result = None
-    with pytest.raises(DiedBetweenPages):
-        result = run("apply")
-    backend.engine_died()
-    assert result is None
-    assert set(proc.code().values()) <= {"base", "patched"}  # today: fn0 crashed executing eb89...
+    code, result = run("apply")
+    [entry] = result["processes"]
+    assert code == 1 and entry["result"] == "refused" and "last byte of a page" in entry["reason"], result
+    assert proc.code_writes == 0 and not proc.blobs() and set(proc.code().values()) == {"base"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a long jump that straddles a page (entry at page offset 1-4) can be left half-written by a death "
-    "between the pages; recovery then calls the padding 'other' and raises JournalError, so every later run on "
-    "the host fails until an operator moves the journal file, though the entry is still original",
-)
 def test_a_half_written_long_jump_is_recovered_without_an_operator(
     backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -19,7 +19,14 @@ from typing import Dict, List, Sequence, Tuple
 from ..package import LONG_JUMP_SIZE, SHORT_JUMP_SIZE
 from .journal import JournalWrite
 
-__all__ = ["ProcessWrite", "jumps_in_one_page", "restore_writes", "switch_writes"]
+__all__ = [
+    "ProcessWrite",
+    "jumps_in_one_page",
+    "restore_writes",
+    "short_jump_split",
+    "switch_writes",
+    "torn",
+]
 
 PAGE = 0x1000
 
@@ -48,6 +55,23 @@ def jumps_in_one_page(entry: int) -> bool:
     """Whether a function's two jumps (``entry`` - 5 up to ``entry`` + 2) lie in one page, i.e. are switched
     with one write. ``entry``: VA, or RVA (image bases are page-aligned, so the answer is the same)."""
     return _one_page(entry - LONG_JUMP_SIZE, entry + SHORT_JUMP_SIZE)
+
+
+def short_jump_split(entry: int) -> bool:
+    """Whether the 2-byte short jump at ``entry`` (VA or RVA) is itself split by a page boundary: an engine killed
+    between the pages would leave its first byte new and its second old, which no order of writes avoids, so
+    such a function is refused (compilers align function entries to 16 bytes; this takes a packed layout)."""
+    return not _one_page(entry, entry + SHORT_JUMP_SIZE)
+
+
+def torn(address: int, original: bytes, new: bytes, current: bytes) -> bool:
+    """Whether ``current`` is a write of ``new`` over ``original`` at ``address``, or of ``original`` over ``new``,
+    that stopped at a page boundary: the kernel copies a cross-page write page by page, lowest first, and a killed
+    engine can stop between them."""
+    split = PAGE - address % PAGE
+    if not 0 < split < len(new):
+        return False
+    return current in (new[:split] + original[split:], original[:split] + new[split:])
 
 
 def _by_function(writes: Sequence[JournalWrite]) -> List[Tuple[JournalWrite, ...]]:

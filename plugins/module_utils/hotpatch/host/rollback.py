@@ -11,7 +11,7 @@ from .blob import free_when_idle
 from .discovery import Target
 from .faults import fault_point
 from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
-from .jumpwrites import ProcessWrite, restore_writes
+from .jumpwrites import ProcessWrite, restore_writes, torn
 from .quiesce import Range, quiesce_clear
 from .result import ProcessResult
 from .transaction import Options
@@ -51,11 +51,19 @@ def current_bytes(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List
 
 
 def write_states(handle: ProcessHandle, writes: Sequence[JournalWrite]) -> List[str]:
-    """For each journaled write: "original", "new" or "other", from the bytes in the process now."""
-    return [
-        "original" if current == write.original else "new" if current == write.new else "other"
-        for write, current in zip(writes, current_bytes(handle, writes))
-    ]
+    """For each journaled write: "original", "new", "torn" (one of them up to a page boundary and the other after
+    it: an engine killed inside a cross-page write) or "other", from the bytes in the process now."""
+    return [_state(write, current) for write, current in zip(writes, current_bytes(handle, writes))]
+
+
+def _state(write: JournalWrite, current: str) -> str:
+    if current == write.original:
+        return "original"
+    if current == write.new:
+        return "new"
+    if torn(write.address, bytes.fromhex(write.original), bytes.fromhex(write.new), bytes.fromhex(current)):
+        return "torn"
+    return "other"
 
 
 def restore_originals(
@@ -71,7 +79,7 @@ def restore_originals(
     On a failed write, the writes already undone are redone so the process stays on the new code, then the
     BackendError propagates.
     """
-    undone: List[JournalWrite] = []
+    undone: List[ProcessWrite] = []
     first_entry = True
     try:
         currents = current_bytes(handle, writes)
@@ -81,16 +89,18 @@ def restore_originals(
             pending = restore_writes([w for w, current in zip(writes, currents) if current != w.original])
         for write in pending:
             handle.write(write.address, write.data)
-            undone.extend(write.parts)
+            undone.append(write)
             if fault and write.has_entry and first_entry:
                 first_entry = False
                 fault_point("rollback_after_entry")
         for write in pending:
             handle.flush_instruction_cache(write.address, len(write.data))
     except EngineError as exc:
-        for part in reversed(undone):
+        # Redo whole units, last undone first: a unit restored as one write is redone as one write, and split
+        # units come back padding before entry (they were undone entry first).
+        for write in reversed(undone):
             with contextlib.suppress(EngineError):  # the same address accepted a write a moment ago
-                handle.write(part.address, bytes.fromhex(part.new))
+                handle.write(write.address, b"".join(bytes.fromhex(part.new) for part in write.parts))
         raise BackendError(f"rollback write failed and was undone: {exc}") from exc
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from ..backends.base import PROT_RX, Quiesced
 from ..errors import BackendError, CallLeftRunning, EngineError, JournalError
-from ..package import LONG_JUMP_SIZE, SHORT_JUMP_SIZE, Package
+from ..package import LONG_JUMP_SIZE, SHORT_JUMP_SIZE, Package, PatchedFunction
 from .blob import release_blob
 from .codestate import FileHashes, check_image, code_of, describe_other, read_functions
 from .discovery import Target
 from .faults import fault_point
 from .journal import ApplyJournal, Journal, JournalWrite, ProcessRecord
-from .jumpwrites import ProcessWrite, switch_writes
+from .jumpwrites import ProcessWrite, short_jump_split, switch_writes
 from .quiesce import Range, quiesce_clear
 from .relocate import jump_bytes, relocate
 from .result import ProcessResult
@@ -35,6 +35,17 @@ class Options:
     retries: int = 5
     retry_delay_ms: int = 20
     activeness_check: bool = False
+
+
+def _split_entries(functions: Sequence[PatchedFunction]) -> Optional[str]:
+    """Why the package cannot be hotpatched safely: a function whose short jump a page boundary splits."""
+    split = [f.name for f in functions if short_jump_split(f.base_rva)]
+    if not split:
+        return None
+    return (
+        f"the entry of {', '.join(split)} is the last byte of a page: its 2-byte jump would straddle two pages, and "
+        "an engine killed between them would leave half a jump; use the cold path"
+    )
 
 
 def jump_ranges(package: Package, module_base: int) -> List[Range]:
@@ -112,7 +123,7 @@ class PatchTransaction:
     def verify(self) -> bool:
         """Refusal policy, base-image pin, and each function's bytes; False when the run ends here."""
         handle, module = self.target.handle, self.target.module
-        refusal = handle.refusal()
+        refusal = handle.refusal() or _split_entries(self.manifest.functions)
         if refusal:
             self._set("refused", "unknown", "unknown", refusal)
             return False
