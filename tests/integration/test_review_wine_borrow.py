@@ -89,12 +89,6 @@ def program(exe: Path, request: pytest.FixtureRequest) -> Iterator[WineProgram]:
         program.kill()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_not_waiting accepts a thread in an NtWaitForAlertByThreadId futex wait; a call that itself waits "
-    "for a lock on that thread consumes the alert meant for the thread's own wait (condition variable, SRW "
-    "lock: no timeout), so the thread sleeps on after its wake-up",
-)
 def test_a_borrowed_waiting_thread_still_gets_its_wake_up(program: WineProgram) -> None:
     assert call_and_report(program)[0] == "woken"
 

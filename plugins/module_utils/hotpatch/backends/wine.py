@@ -421,7 +421,7 @@ class WineProcess:
             )
         regs = task.regs
         if number == SYS_FUTEX:
-            if int(regs.rsi) & _FUTEX_CMD in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET) and int(regs.rdx) & 0xFFFFFFFF == 0:
+            if _alert_word(task) is not None:
                 return None  # NtWaitForAlertByThreadId; a lock waiter (glibc) waits for value 2
             return f"is in a futex call that is not a thread-alert wait (op {int(regs.rsi):#x}, value {int(regs.rdx)})"
         if number in _SLEEPS or (number in _FD_WAITS and int(regs.rdi) == 0):
@@ -556,6 +556,13 @@ class WineProcess:
             if not left and task.tid in stopped.tasks:
                 if switch is not None:  # the stub put it back unless the call was cut short
                     self.write(switch.pointer, struct.pack("<Q", switch.live))
+                word = _alert_word(task)
+                if word is not None:
+                    # A nested NtWaitForAlertByThreadId in the call may have consumed (swapped to 0) an alert
+                    # meant for this wait, which restarts as futex_wait(word, 0) with no timeout. Post one as
+                    # NtAlertThreadByThreadId does (word = 1): the restarted wait returns at once with
+                    # STATUS_ALERTED and its caller re-checks its condition (a spurious wake-up is allowed).
+                    self.write(word, struct.pack("<I", 1))
                 self._syscall(stopped, SYS_MUNMAP, (page, PAGE), task)
 
     # -- allocation ---------------------------------------------------------------------------------------------
@@ -657,6 +664,17 @@ class WineProcess:
     def flush_instruction_cache(self, address: int, size: int) -> None:
         """No-op: x86 keeps instruction fetch coherent with stores, and every patched thread is stopped while we
         write; resuming it from ptrace goes through the kernel's return to user mode, which serializes."""
+
+
+def _alert_word(task: StoppedTask) -> Optional[int]:
+    """Address of the thread's alert futex word when ``task`` is stopped in NtWaitForAlertByThreadId's
+    futex(FUTEX_WAIT[_BITSET], value 0) on it (uaddr in rdi), else None."""
+    regs = task.regs
+    if not task.in_syscall or int(regs.orig_rax) != SYS_FUTEX:
+        return None
+    if int(regs.rsi) & _FUTEX_CMD not in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET) or int(regs.rdx) & 0xFFFFFFFF:
+        return None
+    return int(regs.rdi)
 
 
 def _anonymous(maps: List[Mapping], address: int, length: int) -> bool:
