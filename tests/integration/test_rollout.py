@@ -144,6 +144,12 @@ def test_matching_hosts_are_hotpatched_in_place_under_load_with_zero_failed_requ
         assert hosts[name]["pause_us_max"] > 0
         assert all(c["ok"] for c in hosts[name]["health"])
         assert {c["phase"] for c in hosts[name]["health"]} == {"pre", "post"}
+        # The reason is the outcome (which process, how long it paused, how post-health went), not the plan.
+        post = sum(1 for c in hosts[name]["health"] if c["phase"] == "post")
+        assert hosts[name]["reasons"] == [
+            f"hotpatched 1 process (pid {rollout.before[name].pid}), pause {hosts[name]['pause_us_max']} µs",
+            f"post-health {post}/{post} passed",
+        ]
         # Same process (no restart), new code: the fix is live and the leak is gone.
         assert rollout.after[name].pid == rollout.before[name].pid
         assert rollout.after[name].version == "appcore 1.0.1"
@@ -196,6 +202,11 @@ def test_mismatched_build_goes_cold_in_its_window_and_the_job_succeeds(rollout: 
     assert rollout.after["demo-host-3"].version == "appcore 1.0.1"
     assert rollout.after["demo-host-3"].pid != rollout.before["demo-host-3"].pid
     assert rollout.rc == 0
+    # The engine's "or use the cold path" advice was followed: the reason drops it and says what the cold path did.
+    assert not any("use the cold path" in r for r in host["reasons"]), host["reasons"]
+    assert host["reasons"][-1].startswith(
+        "cold-patched: patched module staged, restarted AppSvc; health after the cold"
+    )
 
 
 def test_report_files_are_complete_and_hold_no_secret(rollout: Rollout) -> None:
@@ -225,6 +236,9 @@ def test_rerun_changes_nothing(rollout: Rollout) -> None:
     assert hosts["demo-host-1"]["result"] == hosts["demo-host-2"]["result"] == "skipped"
     assert hosts["demo-host-4"]["result"] == "deferred"
     assert "rolled back here" in hosts["demo-host-4"]["decision_reason"]
+    # Host 3 runs the cold-patched module now: the skip says so, unlike the hotpatched hosts' skip.
+    assert "run the cold-patched module (staged " in hosts["demo-host-3"]["decision_reason"]
+    assert "cold-patched" not in hosts["demo-host-1"]["decision_reason"]
 
 
 def test_failing_canary_wave_stops_the_rollout(tmp_path: Path) -> None:
