@@ -571,15 +571,18 @@ class WineProcess:
         self, base: int, size: int, span: int = 0x7FFF0000, intent: Optional[Callable[[int], None]] = None
     ) -> int:
         """Map ``size`` bytes read-write at the lowest 64 KiB-aligned free address in [base, base + span - size]
-        by a remote mmap(MAP_FIXED_NOREPLACE) on a stopped thread, ``intent(address)`` first. Wine's own
+        with a free page before and after it, by a remote mmap(MAP_FIXED_NOREPLACE) on a stopped thread,
+        ``intent(address)`` first. Wine's own
         bookkeeping does not know this region (VirtualQuery reports it free); free() removes it. Raises
         BackendError when no gap is free."""
         length = _page_up(max(size, 1))
         high = base + span
         candidates: List[int] = []
         for lo, hi in _procfs.free_gaps(self._maps(), base, high):
-            address = _page_up(lo, GRANULARITY)
-            if address + length <= min(hi, high):
+            # A free page on both sides: the kernel merges an anonymous mapping with an adjacent one of the same
+            # protection, and recovery recognises an allocation only as exactly one mapping (fresh_region).
+            address = _page_up(lo + PAGE, GRANULARITY)
+            if address + length + PAGE <= min(hi, high):
                 candidates.append(address)
             if len(candidates) == 8:
                 break
