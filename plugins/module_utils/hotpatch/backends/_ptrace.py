@@ -60,8 +60,6 @@ SYS_TGKILL = 234
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 _libc.ptrace.restype = ctypes.c_long
-_libc.waitpid.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-_libc.waitpid.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -97,11 +95,7 @@ _PTRACE = _libc.ptrace
 def _ptrace(request: int, tid: int, addr: int, data: Optional[object], what: str) -> int:
     # errno is read only after a -1 return, which every request used here sets errno for (PTRACE_PEEK* would
     # need errno cleared first, and is never used): one ctypes call less on the pause's path.
-    result: int = _PTRACE(request, tid, addr, data)
-    if result == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}({tid}): {os.strerror(err)}")
-    return result
+    return _check(_PTRACE(request, tid, addr, data), what, tid)
 
 
 def seize(tid: int) -> None:
