@@ -346,7 +346,7 @@ def test_sigkill_at_any_moment_of_apply_or_rollback_leaves_the_process_running_a
             assert engine.inproc("apply", processes=pids)[0] == 0
         else:  # a missed apply left the process patched, and a second apply would change nothing: undo it
             assert engine.inproc("rollback")[0] == 0
-    assert len(windows) == 2, f"the poll caught the engine at work in none of {CALIBRATION_RUNS} runs: {windows}"
+    assert len(windows) == 2, f"the poll did not catch both verbs at work within {CALIBRATION_RUNS} runs: {windows}"
     outcomes: dict[str, int] = {"missed": 0}
     for i in range(KILLS):
         verb = "apply" if i % 2 == 0 else "rollback"
